@@ -1,0 +1,44 @@
+# Set-up and entry points. Both `make demo` and `make test` install everything they need on a fresh
+# Debian 12 machine: Debian packages with apt-get (once), Python packages in .venv.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := grub-common fdisk e2fsprogs nginx docker-registry skopeo umoci curl chromium
+
+.PHONY: demo test quick lint crd deps apt
+
+demo: deps
+	$(VENV)/bin/kubeos-rollout demo
+
+test: deps
+	$(MAKE) lint
+	$(VENV)/bin/pytest -q tests
+
+# The quick loop: everything but the slow end-to-end tests.
+quick: deps
+	$(VENV)/bin/pytest -q -m "not slow" tests
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+crd: deps
+	$(VENV)/bin/kubeos-rollout crd --output deploy/crd/upgrade.openeuler.org_os.yaml
+
+deps: apt $(STAMP)
+
+apt:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
