@@ -1,0 +1,88 @@
+"""The cluster worker: runs the rollout workflows and the Kubernetes activities on queue ``kubeos-cluster``.
+
+Stateless: any number of replicas may run (the deploy/ manifests run two); Temporal hands each task to one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import cluster
+from activities.kube import use_kubeconfig
+from activities.rollout import RolloutActivities
+from models.rollout import CLUSTER_TASK_QUEUE
+from workers.temporal_client import connect
+from workflows.cluster_rollout import ClusterRollout
+from workflows.node_upgrade import NodeUpgrade
+
+log = logging.getLogger("kubeos_rollout.cluster_worker")
+
+WORKFLOWS: Sequence[type] = (ClusterRollout, NodeUpgrade)
+CLUSTER_ACTIVITIES: Sequence[Callable[..., Any]] = (
+    cluster.list_nodes,
+    cluster.get_node,
+    cluster.cordon_node,
+    cluster.uncordon_node,
+    cluster.drain_node,
+    cluster.wait_node_ready,
+    cluster.record_event,
+)
+
+
+def build_worker(
+    client: Client,
+    executor: concurrent.futures.ThreadPoolExecutor,
+    *,
+    web_ui: str = "",
+    task_queue: str = CLUSTER_TASK_QUEUE,
+) -> Worker:
+    """The worker, ready to ``run()``; the executor runs the synchronous Kubernetes activities."""
+    settings = RolloutActivities(client, web_ui)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=[*CLUSTER_ACTIVITIES, settings.rollout_settings],
+        activity_executor=executor,
+        max_concurrent_activities=64,
+    )
+
+
+async def run_worker(address: str | None, namespace: str | None, web_ui: str, kubeconfig: str | None) -> None:
+    if kubeconfig:
+        use_kubeconfig(kubeconfig)
+    client = await connect(address, namespace)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=64) as executor:
+        worker = build_worker(client, executor, web_ui=web_ui)
+        log.info("cluster worker polling %s on %s", CLUSTER_TASK_QUEUE, client.service_client.config.target_host)
+        async with worker:
+            await stop.wait()
+            log.info("shutting down: finishing the tasks in hand")
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("worker", help="run the cluster worker (rollout workflows and Kubernetes activities)")
+    parser.add_argument("--address", help="Temporal frontend host:port (default: TEMPORAL_ADDRESS or profile)")
+    parser.add_argument("--namespace", help="Temporal namespace (default: TEMPORAL_NAMESPACE or profile)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG, in-cluster, ~/.kube/config)")
+    parser.add_argument("--web-ui", default="", help="Temporal Web UI base URL, for links in rollout status")
+    parser.set_defaults(handler=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(args.address, args.namespace, args.web_ui, args.kubeconfig))
+    return 0

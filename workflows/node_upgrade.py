@@ -1,0 +1,364 @@
+"""``NodeUpgrade``: one node, from preflight to a committed slot, or back to where it was.
+
+The order is chosen so that nothing irreversible happens before it has to:
+
+1. preflight, then stage the image into the inactive slot while the workloads still run (a bad image, URL or
+   certificate fails here, with the node untouched and schedulable);
+2. cordon and drain (a drain that cannot finish uncordons the node, which is never rebooted);
+3. trial boot: GRUB boots the new slot once, ``saved_entry`` still names the running one, so any failure to
+   come up (the host hangs, panics, is power-cycled) ends on the old slot;
+4. health gate: the host's worker reports the booted slot with a new boot id, and the Node is Ready with the
+   target ``osImage``;
+5. commit (``saved_entry`` = new slot) and uncordon.
+
+Failure after the reboot restores the old slot as the saved entry, reboots into it when the host runs the new one,
+uncordons and reports the node failed. ``NodeMode.SWITCH`` (opstype rollback, or reverting a rolled-back
+rollout) skips staging and boots the other slot, which must already hold the target version.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
+    from models.cluster import DrainInput, DrainResult, NodeInfo, NodeRef, WaitNodeInput
+    from models.host import (
+        RETRYABLE_ERROR_TYPES,
+        HostAwaitRebootInput,
+        HostAwaitRebootOutput,
+        HostCommitInput,
+        HostCommitOutput,
+        HostErrorType,
+        HostPreflightInput,
+        HostPreflightOutput,
+        HostPrepareRollbackInput,
+        HostPrepareRollbackOutput,
+        HostRebootInput,
+        HostRebootOutput,
+        HostStageInput,
+        HostStageOutput,
+        HostSwitchBackInput,
+        HostSwitchBackOutput,
+        HostTrialBootInput,
+        HostTrialBootOutput,
+        ImageSource,
+        SlotName,
+        node_task_queue,
+    )
+    from models.rollout import NODE_WORKFLOW, NodeMode, NodeUpgradeInput, NodeUpgradeResult
+
+T = TypeVar("T", bound=BaseModel)
+
+_HOST_NON_RETRYABLE = [t.value for t in HostErrorType if t not in RETRYABLE_ERROR_TYPES]
+_HOST_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=_HOST_NON_RETRYABLE,
+)
+_CLUSTER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=20),
+    maximum_attempts=10,
+)
+#: A reboot is asked for once: a second attempt could reboot a host that already came back.
+_ONCE = RetryPolicy(maximum_attempts=1)
+_STAGE_TIMEOUT = timedelta(hours=3)
+
+
+class NodeFailed(Exception):
+    """Ends the node's run as failed; the message is the reason the rollout reports."""
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost message of an activity failure: the host's or the API's own words, or the timeout."""
+    while isinstance(exc, ActivityError) and exc.cause is not None:
+        exc = exc.cause
+    return str(exc) or type(exc).__name__
+
+
+@workflow.defn(name=NODE_WORKFLOW)
+class NodeUpgrade:
+    def __init__(self) -> None:
+        self._step = "starting"
+        self._input: NodeUpgradeInput | None = None
+
+    @workflow.query
+    def step(self) -> str:
+        return self._step
+
+    # ---------------------------------------------------------------------------------------- plumbing
+
+    @property
+    def _inp(self) -> NodeUpgradeInput:
+        assert self._input is not None
+        return self._input
+
+    @property
+    def _boot_timeout(self) -> timedelta:
+        return timedelta(seconds=self._inp.spec.boottimeout)
+
+    async def _host(
+        self,
+        activity: str,
+        arg: BaseModel,
+        result_type: type[T],
+        *,
+        summary: str,
+        start_to_close: timedelta = timedelta(minutes=2),
+        heartbeat: timedelta | None = None,
+        retry: RetryPolicy = _HOST_RETRY,
+        schedule_to_start: timedelta | None = None,
+        schedule_to_close: timedelta | None = None,
+    ) -> T:
+        """Run a host activity on the node's own queue. The wait for the node's worker to pick it up is bounded:
+        a host that is down (or never came back from a reboot) surfaces as a schedule-to-start timeout."""
+        self._step = summary
+        result: T = await workflow.execute_activity(
+            activity,
+            arg,
+            result_type=result_type,
+            task_queue=node_task_queue(self._inp.node),
+            start_to_close_timeout=start_to_close,
+            schedule_to_start_timeout=schedule_to_start or self._boot_timeout,
+            schedule_to_close_timeout=schedule_to_close,
+            heartbeat_timeout=heartbeat,
+            retry_policy=retry,
+            summary=f"{self._inp.node}: {summary}",
+        )
+        return result
+
+    async def _cluster(
+        self,
+        activity: str,
+        arg: BaseModel,
+        result_type: type[T],
+        *,
+        summary: str,
+        start_to_close: timedelta = timedelta(minutes=1),
+        heartbeat: timedelta | None = None,
+    ) -> T:
+        """Run a Kubernetes activity on the cluster worker (the workflow's own queue)."""
+        self._step = summary
+        result: T = await workflow.execute_activity(
+            activity,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=start_to_close,
+            heartbeat_timeout=heartbeat,
+            retry_policy=_CLUSTER_RETRY,
+            summary=f"{self._inp.node}: {summary}",
+        )
+        return result
+
+    # ---------------------------------------------------------------------------------------- the run
+
+    @workflow.run
+    async def run(self, inp: NodeUpgradeInput) -> NodeUpgradeResult:
+        self._input = inp
+        try:
+            return await self._upgrade()
+        except NodeFailed as failed:
+            self._step = f"failed: {failed}"
+            return NodeUpgradeResult(node=inp.node, outcome="failed", message=str(failed))
+
+    async def _upgrade(self) -> NodeUpgradeResult:
+        inp = self._inp
+        source = ImageSource.from_spec(inp.spec)
+        try:
+            pre = await self._host(
+                "host_preflight",
+                HostPreflightInput(source=source, opstype=inp.spec.opstype),
+                HostPreflightOutput,
+                summary="preflight",
+            )
+        except ActivityError as exc:
+            raise NodeFailed(f"preflight: {_reason(exc)}") from exc
+        status = pre.status
+        old_slot: SlotName = status.booted_slot
+        booted = status.slots[old_slot].os_release
+        from_version = booted.pretty_name if booted else ""
+        if from_version == inp.target_version and not status.trial:
+            return NodeUpgradeResult(
+                node=inp.node,
+                outcome="up_to_date",
+                message=f"already runs {from_version}",
+                from_version=from_version,
+                version=from_version,
+                booted_slot=old_slot,
+            )
+
+        target_slot, checksum = await self._prepare_slot(source)
+        await self._cluster("cordon_node", NodeRef(node=inp.node), NodeInfo, summary="cordon")
+        try:
+            return await self._switch(old_slot, target_slot, checksum, from_version)
+        finally:
+            # Whatever happened after the cordon, the node goes back into service: either on the new slot, or on
+            # the old one it never left (or was returned to).
+            await self._cluster("uncordon_node", NodeRef(node=inp.node), NodeInfo, summary="uncordon")
+
+    async def _prepare_slot(self, source: ImageSource) -> tuple[SlotName, str]:
+        """Put the target version into the inactive slot (stage) or check that it is there (switch)."""
+        inp = self._inp
+        if inp.mode == NodeMode.SWITCH:
+            try:
+                prep = await self._host(
+                    "host_prepare_rollback",
+                    HostPrepareRollbackInput(osversion=inp.target_version),
+                    HostPrepareRollbackOutput,
+                    summary=f"check the other slot holds {inp.target_version}",
+                )
+            except ActivityError as exc:
+                raise NodeFailed(f"rollback: {_reason(exc)}") from exc
+            return prep.target_slot, ""
+        try:
+            staged = await self._host(
+                "host_stage",
+                HostStageInput(source=source),
+                HostStageOutput,
+                summary=f"stage {inp.target_version}",
+                start_to_close=_STAGE_TIMEOUT,
+                heartbeat=timedelta(seconds=60),
+            )
+        except ActivityError as exc:
+            raise NodeFailed(f"stage: {_reason(exc)}") from exc
+        release = staged.os_release
+        if release is not None and release.pretty_name != inp.target_version:
+            # The node would boot and report another osImage forever (the original's reboot loop): stop here.
+            raise NodeFailed(
+                f"stage: the image holds {release.pretty_name or 'no PRETTY_NAME'!r}, "
+                f"not {inp.target_version!r}; the node was not rebooted"
+            )
+        return staged.slot, staged.checksum
+
+    async def _switch(
+        self, old_slot: SlotName, target_slot: SlotName, checksum: str, from_version: str
+    ) -> NodeUpgradeResult:
+        inp = self._inp
+        drain_timeout = inp.spec.draintimeout
+        try:
+            await self._cluster(
+                "drain_node",
+                DrainInput(node=inp.node, timeout_seconds=drain_timeout, force=inp.spec.evictpodforce),
+                DrainResult,
+                summary="drain",
+                start_to_close=timedelta(seconds=drain_timeout + 60),
+                heartbeat=timedelta(seconds=30),
+            )
+        except ActivityError as exc:
+            raise NodeFailed(f"drain: {_reason(exc)}; the node was not rebooted") from exc
+
+        try:
+            await self._host(
+                "host_trial_boot",
+                HostTrialBootInput(target_slot=target_slot, osversion=inp.target_version, checksum=checksum),
+                HostTrialBootOutput,
+                summary=f"trial boot slot {target_slot}",
+            )
+            reboot = await self._host(
+                "host_reboot",
+                HostRebootInput(reason=f"trial boot of {inp.target_version} in slot {target_slot}"),
+                HostRebootOutput,
+                summary="reboot",
+                retry=_ONCE,
+            )
+        except ActivityError as exc:
+            await self._restore(old_slot, reboot_if_needed=False)
+            raise NodeFailed(f"boot switch: {_reason(exc)}; the node stays on slot {old_slot}") from exc
+
+        # Health gate, part 1: the host's worker is back, in a new boot.
+        try:
+            back = await self._host(
+                "host_await_reboot",
+                HostAwaitRebootInput(previous_boot_id=reboot.boot_id),
+                HostAwaitRebootOutput,
+                summary="wait for the host to come back",
+                retry=RetryPolicy(
+                    initial_interval=timedelta(seconds=1),
+                    maximum_interval=timedelta(seconds=5),
+                    non_retryable_error_types=_HOST_NON_RETRYABLE,
+                ),
+                schedule_to_close=self._boot_timeout,
+            )
+        except ActivityError as exc:
+            raise NodeFailed(
+                f"the host did not come back within {inp.spec.boottimeout}s after the reboot ({_reason(exc)}); "
+                f"slot {old_slot} is still its saved boot entry"
+            ) from exc
+        if back.status.booted_slot != target_slot:
+            await self._restore(old_slot, reboot_if_needed=False)
+            raise NodeFailed(
+                f"slot {target_slot} ({inp.target_version}) failed to boot; the host fell back to slot "
+                f"{back.status.booted_slot} ({from_version})"
+            )
+
+        # Health gate, part 2: Kubernetes sees a Ready node on the target version.
+        try:
+            await self._cluster(
+                "wait_node_ready",
+                WaitNodeInput(node=inp.node, os_image=inp.target_version, timeout_seconds=inp.spec.boottimeout),
+                NodeInfo,
+                summary=f"wait for Ready with {inp.target_version}",
+                start_to_close=self._boot_timeout + timedelta(seconds=60),
+                heartbeat=timedelta(seconds=30),
+            )
+        except ActivityError as exc:
+            await self._restore(old_slot, reboot_if_needed=True)
+            raise NodeFailed(
+                f"health gate: {_reason(exc)}; the node was returned to slot {old_slot} ({from_version})"
+            ) from exc
+
+        commit = await self._host(
+            "host_commit",
+            HostCommitInput(slot=target_slot, osversion=inp.target_version),
+            HostCommitOutput,
+            summary=f"commit slot {target_slot}",
+        )
+        self._step = "done"
+        return NodeUpgradeResult(
+            node=inp.node,
+            outcome="succeeded",
+            message=f"{from_version} -> {inp.target_version} (slot {old_slot} -> {commit.saved_slot})",
+            from_version=from_version,
+            version=inp.target_version,
+            booted_slot=target_slot,
+        )
+
+    async def _restore(self, old_slot: SlotName, *, reboot_if_needed: bool) -> None:
+        """Make ``old_slot`` the only boot choice again, rebooting into it when the host runs another slot.
+
+        Best effort by design: the trial boot never changed ``saved_entry``, so a host we cannot reach still
+        comes back on ``old_slot`` the next time it starts.
+        """
+        try:
+            back = await self._host(
+                "host_switch_back",
+                HostSwitchBackInput(slot=old_slot),
+                HostSwitchBackOutput,
+                summary=f"switch back to slot {old_slot}",
+            )
+            if back.reboot_needed and reboot_if_needed:
+                reboot = await self._host(
+                    "host_reboot",
+                    HostRebootInput(reason=f"return to slot {old_slot}"),
+                    HostRebootOutput,
+                    summary="reboot into the old slot",
+                    retry=_ONCE,
+                )
+                await self._host(
+                    "host_await_reboot",
+                    HostAwaitRebootInput(previous_boot_id=reboot.boot_id),
+                    HostAwaitRebootOutput,
+                    summary="wait for the host to come back",
+                    retry=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5)),
+                    schedule_to_close=self._boot_timeout,
+                )
+        except ActivityError as exc:
+            workflow.logger.warning("could not return %s to slot %s: %s", self._inp.node, old_slot, _reason(exc))
