@@ -47,7 +47,8 @@ class HostErrorType(StrEnum):
     SLOT_NOT_VERIFIED = "SlotNotVerified"  # trial boot into a slot that does not hold the verified image
     WRONG_SLOT = "WrongSlot"  # commit of a slot that is not booted, trial boot of the booted slot
     ROLLBACK_TARGET_MISMATCH = "RollbackTargetMismatch"  # the other slot does not hold osversion
-    CONTAINER_IMAGE_UNAVAILABLE = "ContainerImageUnavailable"
+    CONTAINER_IMAGE = "ContainerImageError"  # pull or root filesystem build failed (bad image, auth, ...)
+    CONTAINER_IMAGE_UNAVAILABLE = "ContainerImageUnavailable"  # this node worker cannot build container images
     HOST_BUSY = "HostBusy"  # retryable: another disk operation holds the host lock
     NOT_REBOOTED = "HostNotRebooted"  # retryable: the boot id has not changed yet
 
@@ -92,8 +93,9 @@ class HostConfig(BaseModel):
     kernel_cmdline: str = "/proc/cmdline"
     boot_id_file: str = "/proc/sys/kernel/random/boot_id"
     mounted_root: str | None = Field(
-        default="/", description="where the booted slot is mounted (its os-release is read there); null: read it"
-        " from the slot itself"
+        default="/",
+        description="where the booted slot is mounted (its os-release is read there); null: read it"
+        " from the slot itself",
     )
     node_log: str = "/var/log/kubeos-rollout/node.log"
     syslog: bool = True
@@ -178,12 +180,13 @@ class HostStatus(BaseModel):
 class StageProgress(BaseModel):
     """Heartbeat details of ``host_stage``; a retried attempt resumes from them."""
 
-    phase: Literal["verify-existing", "rehash-prefix", "download", "write", "verify-slot"]
+    phase: str = Field(description="verify-existing, rehash-prefix, download; container images: resolve, ...")
     slot: SlotName
     checksum: str
     source: str = Field(description="the image URL, or the container image")
     done: int = 0
     total: int | None = None
+    written: int = Field(default=0, description="bytes of the image already in the slot (where a retry resumes)")
     boot_id: str = Field(default="", description="resume only within one boot: page cache is lost on a crash")
 
 

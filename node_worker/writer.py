@@ -1,0 +1,169 @@
+"""The verified writer: bytes from any source go straight into the inactive slot, hashed on the way.
+
+Both image sources use it: the HTTP download (``http_source``) and the root filesystem built from a container
+image (``oci_rootfs``). Memory stays flat: chunks are written as they arrive, never collected.
+
+A stamp file per slot in the staging directory records the checksum and size of the image that was verified in
+that slot. Before a stamp is trusted (to skip a download, or to boot the slot) the slot's first ``size`` bytes are
+hashed again: a local sequential read is far cheaper than the download it saves, and unlike sampling the first
+MiB or comparing mtimes it proves that every byte GRUB will boot is the verified image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.host import HostErrorType
+from node_worker.errors import HostError
+from node_worker.slots import ByteProgress, Slot
+
+
+@dataclass(frozen=True)
+class Stamp:
+    slot: str
+    checksum: str
+    size: int
+    device: str
+    offset: int
+
+
+class StampStore:
+    """``<staging_dir>/slot-<X>.json``: which verified image a slot holds."""
+
+    def __init__(self, staging_dir: str | Path) -> None:
+        self.dir = Path(staging_dir)
+
+    def _path(self, slot: Slot) -> Path:
+        return self.dir / f"slot-{slot.name}.json"
+
+    def load(self, slot: Slot) -> Stamp | None:
+        try:
+            data = json.loads(self._path(slot).read_text(encoding="utf-8"))
+            stamp = Stamp(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+        if stamp.slot != slot.name or stamp.device != str(slot.path) or stamp.offset != slot.offset:
+            return None  # the configuration moved the slot: the stamp is about other bytes
+        return stamp
+
+    def save(self, slot: Slot, checksum: str, size: int) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = Stamp(slot.name, checksum, size, str(slot.path), slot.offset)
+        tmp = self._path(slot).with_suffix(".tmp")
+        tmp.write_text(json.dumps(stamp.__dict__), encoding="utf-8")
+        os.replace(tmp, self._path(slot))
+
+    def clear(self, slot: Slot) -> None:
+        self._path(slot).unlink(missing_ok=True)
+
+    def verify(self, slot: Slot, checksum: str, progress: ByteProgress | None = None) -> bool:
+        """Whether ``slot`` holds the verified image ``checksum`` right now (its bytes are hashed again)."""
+        stamp = self.load(slot)
+        if stamp is None or stamp.checksum != checksum.lower() or stamp.size > slot.size:
+            return False
+        return slot.hash_region(stamp.size, progress) == stamp.checksum
+
+
+class SlotWriter:
+    """Writes a byte stream into ``slot`` from its start, hashing it; can resume after a prefix or restart.
+
+    The slot's stamp is removed before the first byte changes, so a half-written slot is never taken for a
+    verified one. The file is opened without truncation: for a partition inside a disk image file that keeps
+    the rest of the disk intact.
+    """
+
+    def __init__(self, slot: Slot, stamps: StampStore) -> None:
+        self.slot = slot
+        self._stamps = stamps
+        self._hash = hashlib.sha256()
+        self.position = 0
+        self.touched = False
+        self._fd = os.open(slot.path, os.O_WRONLY)
+
+    def __enter__(self) -> SlotWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def resume_after(self, length: int, progress: ByteProgress | None = None) -> None:
+        """Continue after the first ``length`` bytes already in the slot (they are hashed again: a hash state
+        cannot be saved across attempts)."""
+        self.restart()
+        self.slot.hash_region(length, progress, hasher=self._hash)
+        self.position = length
+        self.touched = True  # the stamp went when those bytes were written
+
+    def restart(self) -> None:
+        self._hash = hashlib.sha256()
+        self.position = 0
+
+    def write(self, data: bytes) -> None:
+        end = self.position + len(data)
+        if end > self.slot.size:
+            raise HostError(
+                HostErrorType.IMAGE_TOO_LARGE,
+                f"the image is larger than {self.slot.describe()}: more than {self.slot.size} bytes",
+            )
+        if not self.touched:
+            self._stamps.clear(self.slot)
+            self.touched = True
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, self.slot.offset + self.position)
+            self.position += n
+            view = view[n:]
+        self._hash.update(data)
+
+    def finish(self, expected: str | None) -> str:
+        """Flush to the disk and check the hash; on a mismatch the slot is invalidated. Returns the sha256."""
+        os.fsync(self._fd)
+        calculated = self._hash.hexdigest()
+        if expected is not None and calculated != expected.lower():
+            self.invalidate()
+            raise HostError(HostErrorType.CHECKSUM_MISMATCH, f"Checksum {calculated} mismatch to {expected}")
+        self._stamps.save(self.slot, calculated, self.position)
+        return calculated
+
+    def invalidate(self) -> None:
+        """Wipe the slot's filesystem signatures and forget its stamp: nothing will boot it."""
+        self._stamps.clear(self.slot)
+        self.slot.invalidate()
+
+
+def write_stream(
+    slot: Slot,
+    stamps: StampStore,
+    chunks: Iterable[bytes],
+    expected: str | None,
+    progress: ByteProgress | None = None,
+    total: int | None = None,
+) -> tuple[str, int]:
+    """Write ``chunks`` into ``slot``, verify against ``expected`` (sha256 hex; None: record what was written).
+
+    Returns (sha256, size). A failure after the first write leaves the slot invalidated. ``total``, when known,
+    is refused up front if it does not fit.
+    """
+    if total is not None and total > slot.size:
+        raise HostError(HostErrorType.IMAGE_TOO_LARGE, f"the image ({total} bytes) is larger than {slot.describe()}")
+    with SlotWriter(slot, stamps) as writer:
+        try:
+            for data in chunks:
+                writer.write(data)
+                if progress is not None:
+                    progress(writer.position, total)
+            return writer.finish(expected), writer.position
+        except BaseException:
+            if writer.touched:
+                writer.invalidate()
+            raise
