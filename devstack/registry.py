@@ -366,14 +366,20 @@ def make_layer(source: Path, blob_dir: Path, *, docker: bool = False) -> LayerBl
     blob_dir.mkdir(parents=True, exist_ok=True)
     plain = blob_dir / f"layer-{secrets.token_hex(6)}.tar"
     write_tar(source, plain)
-    diff_id = _hash_file(plain)
-    blob = plain.with_suffix(".tar.gz")
+    try:
+        return layer_from_tar(plain, blob_dir, docker=docker)
+    finally:
+        plain.unlink()
+
+
+def layer_from_tar(plain: Path, blob_dir: Path, *, docker: bool = False) -> LayerBlob:
+    """A gzip layer blob from an uncompressed tar (tests craft hostile archives this way)."""
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    blob = blob_dir / f"layer-{secrets.token_hex(6)}.tar.gz"
     with plain.open("rb") as src, gzip.GzipFile(blob, "wb", mtime=0) as out:
         shutil.copyfileobj(src, out, _CHUNK)
-    plain.unlink()
-    return LayerBlob(
-        blob, _hash_file(blob), blob.stat().st_size, diff_id, DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP
-    )
+    media_type = DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP
+    return LayerBlob(blob, _hash_file(blob), blob.stat().st_size, _hash_file(plain), media_type)
 
 
 def push_image(
