@@ -53,8 +53,19 @@ _PLAN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interva
 
 @workflow.defn(name=ROLLOUT_WORKFLOW)
 class ClusterRollout:
-    def __init__(self) -> None:
-        self._state: RolloutState | None = None
+    @workflow.init
+    def __init__(self, resource: dict[str, Any], state: RolloutState | None = None) -> None:
+        # The state exists before the first signal or query can be handled, so a rollout can be paused the moment
+        # it starts. An invalid resource leaves it empty and fails the run.
+        self._invalid: SpecInvalid | None = None
+        if state is None:
+            try:
+                spec = parse_os_spec(resource)
+            except SpecInvalid as exc:
+                self._invalid = exc
+            else:
+                state = RolloutState(workflow_id=workflow.info().workflow_id, spec=spec, max_unavailable=spec.window)
+        self._state = state
         self._running: dict[str, asyncio.Task[None]] = {}
         #: Bumped whenever something the main loop waits on changes (a child ended, a signal arrived).
         self._changes = 0
@@ -63,8 +74,8 @@ class ClusterRollout:
 
     @property
     def state(self) -> RolloutState:
-        if self._state is None:  # a message arrived before the run started: nothing to steer yet
-            raise ApplicationError("the rollout has not started yet", type="NotStarted")
+        if self._state is None:  # only when the resource is invalid, and the run fails at once
+            raise ApplicationError("the rollout has no valid OS resource", type="InvalidSpec")
         return self._state
 
     @workflow.query
@@ -117,15 +128,10 @@ class ClusterRollout:
 
     @workflow.run
     async def run(self, resource: dict[str, Any], state: RolloutState | None = None) -> RolloutStatus:
-        if state is None:
-            try:
-                spec = parse_os_spec(resource)
-            except SpecInvalid as exc:
-                raise ApplicationError(
-                    str(exc), [str(e) for e in exc.errors], type="InvalidSpec", non_retryable=True
-                ) from None
-            state = RolloutState(workflow_id=workflow.info().workflow_id, spec=spec, max_unavailable=spec.window)
-        self._state = state
+        if self._invalid is not None:
+            errors = self._invalid.errors
+            raise ApplicationError(str(self._invalid), [str(e) for e in errors], type="InvalidSpec", non_retryable=True)
+        state = self.state
         if not state.planned:
             await self._plan()
         if state.rollback_requested:

@@ -1,0 +1,241 @@
+"""ClusterRollout and NodeUpgrade logic on a real Temporal dev server, with an in-memory fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from models.rollout import (
+    ROLLOUT_WORKFLOW,
+    NodeState,
+    Phase,
+    RolloutStatus,
+    SetMaxUnavailableInput,
+)
+from tests.conftest import start_dev_server
+from tests.workflows.fake_fleet import FakeFleet, FakeNode
+
+OLD, NEW = "KubeOS 1.0.0", "KubeOS 1.0.1"
+CHECKSUM = "ab" * 32
+
+
+def disk_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "imagetype": "disk",
+        "opstype": "upgrade",
+        "osversion": NEW,
+        "maxunavailable": 2,
+        "imageurl": "https://images.example/update.img",
+        "checksum": CHECKSUM,
+        "cacert": "ca.crt",
+        "boottimeout": 30,
+    }
+    spec.update(overrides)
+    return {"apiVersion": "upgrade.openeuler.org/v1alpha1", "kind": "OS", "metadata": {"name": "os"}, "spec": spec}
+
+
+def fleet(count: int, **node_args: Any) -> FakeFleet:
+    prefix = uuid.uuid4().hex[:6]
+    return FakeFleet([FakeNode(f"n{i}-{prefix}", OLD, **node_args) for i in range(count)])
+
+
+async def start(client: Client, resource: dict[str, Any]) -> WorkflowHandle[Any, RolloutStatus]:
+    return await client.start_workflow(
+        ROLLOUT_WORKFLOW,
+        resource,
+        id=f"test-rollout-{uuid.uuid4().hex[:8]}",
+        task_queue="kubeos-cluster",
+        result_type=RolloutStatus,
+    )
+
+
+async def wait_for(handle: WorkflowHandle[Any, RolloutStatus], predicate: Any, limit: float = 30.0) -> RolloutStatus:
+    """Poll the status query until ``predicate(status)`` holds (bounded)."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        status = await handle.query("status", result_type=RolloutStatus)
+        if predicate(status):
+            return status
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not reached; last status: {status}")
+        await asyncio.sleep(0.1)
+
+
+async def test_upgrades_every_node_with_at_most_maxunavailable_cordoned(temporal_env: WorkflowEnvironment) -> None:
+    nodes = fleet(5)
+    async with nodes.workers(temporal_env.client):
+        result = await (await start(temporal_env.client, disk_spec(maxunavailable=2))).result()
+    assert result.phase == Phase.SUCCEEDED
+    assert result.counts == {NodeState.SUCCEEDED: 5}
+    assert all(n.running_version == NEW and n.saved == n.booted == "B" for n in nodes.nodes.values())
+    assert all(not n.cordoned for n in nodes.nodes.values())
+    assert nodes.max_cordoned_at_once() == 2  # the window was used, and never exceeded
+
+
+async def test_plan_skips_up_to_date_refuses_other_major_and_not_ready_excludes_control_plane(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    prefix = uuid.uuid4().hex[:6]
+    nodes = FakeFleet(
+        [
+            FakeNode(f"a-{prefix}", OLD),
+            FakeNode(f"b-{prefix}", NEW),
+            FakeNode(f"c-{prefix}", "KubeOS 2.0.0"),
+            FakeNode(f"d-{prefix}", OLD, ready=False),
+            FakeNode(f"e-{prefix}", OLD, control_plane=True),
+        ]
+    )
+    async with nodes.workers(temporal_env.client):
+        result = await (await start(temporal_env.client, disk_spec())).result()
+    states = {e.name.split("-")[0]: e.state for e in result.nodes}
+    assert states == {
+        "a": NodeState.SUCCEEDED,
+        "b": NodeState.UP_TO_DATE,
+        "c": NodeState.REFUSED,
+        "d": NodeState.REFUSED,
+    }
+    refused = {e.name.split("-")[0]: e.message for e in result.nodes if e.state == NodeState.REFUSED}
+    assert "major version" in refused["c"] and "not Ready" in refused["d"]
+    assert nodes.nodes[f"e-{prefix}"].running_version == OLD  # control plane untouched
+
+
+async def test_pause_stops_new_nodes_and_resume_finishes(temporal_env: WorkflowEnvironment) -> None:
+    nodes = fleet(4)
+    async with nodes.workers(temporal_env.client):
+        handle = await start(temporal_env.client, disk_spec(maxunavailable=1))
+        await handle.signal("pause", "maintenance")
+        paused = await wait_for(handle, lambda s: s.phase == Phase.PAUSED and not s.in_flight)
+        started = len(nodes.started)
+        await asyncio.sleep(0.5)
+        assert len(nodes.started) == started < 4  # nothing new while paused
+        assert paused.pause_reason == "maintenance"
+        await handle.signal("resume")
+        result = await handle.result()
+    assert result.phase == Phase.SUCCEEDED and result.counts == {NodeState.SUCCEEDED: 4}
+
+
+async def test_rollback_signal_returns_upgraded_nodes_to_their_previous_version(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    nodes = fleet(4)
+    async with nodes.workers(temporal_env.client):
+        handle = await start(temporal_env.client, disk_spec(maxunavailable=1))
+        await wait_for(handle, lambda s: s.counts.get(NodeState.SUCCEEDED, 0) >= 2)
+        await handle.signal("rollback", "bad latency")
+        result = await handle.result()
+    assert result.phase == Phase.ROLLED_BACK
+    assert result.rollback_reason == "bad latency"
+    rolled = [e for e in result.nodes if e.state == NodeState.ROLLED_BACK]
+    assert len(rolled) >= 2
+    assert {e.state for e in result.nodes} <= {NodeState.ROLLED_BACK, NodeState.NOT_STARTED}
+    for node in nodes.nodes.values():
+        assert node.running_version == OLD and node.saved == node.booted and not node.cordoned
+
+
+async def test_failed_boot_falls_back_and_failure_budget_pauses(temporal_env: WorkflowEnvironment) -> None:
+    nodes = fleet(4)
+    first = sorted(nodes.nodes)[0]
+    nodes.nodes[first].broken_versions.add(NEW)
+    async with nodes.workers(temporal_env.client):
+        handle = await start(temporal_env.client, disk_spec(maxunavailable=1, failurebudget=0))
+        status = await wait_for(handle, lambda s: s.paused and not s.in_flight)
+        assert status.phase == Phase.PAUSED
+        assert "failure budget" in status.pause_reason
+        assert "failed to boot" in status.failures[first]
+        assert len(nodes.started) == 1  # the rollout stopped at the first failure
+        broken = nodes.nodes[first]
+        assert broken.running_version == OLD and broken.saved == "A" and not broken.cordoned
+        await handle.signal("resume")
+        result = await handle.result()
+    assert result.phase == Phase.COMPLETED_WITH_FAILURES
+    assert result.counts == {NodeState.FAILED: 1, NodeState.SUCCEEDED: 3}
+
+
+async def test_failure_policy_rollback_reverts_upgraded_nodes(temporal_env: WorkflowEnvironment) -> None:
+    nodes = fleet(3)
+    last = sorted(nodes.nodes)[-1]
+    nodes.nodes[last].broken_versions.add(NEW)
+    async with nodes.workers(temporal_env.client):
+        handle = await start(temporal_env.client, disk_spec(maxunavailable=1, failurepolicy="rollback"))
+        result = await handle.result()
+    assert result.phase == Phase.ROLLED_BACK
+    assert "automatic rollback" in result.rollback_reason
+    assert result.counts == {NodeState.ROLLED_BACK: 2, NodeState.FAILED: 1}
+    assert all(n.running_version == OLD for n in nodes.nodes.values())
+
+
+async def test_blocked_drain_uncordons_and_never_reboots(temporal_env: WorkflowEnvironment) -> None:
+    nodes = fleet(2)
+    blocked = sorted(nodes.nodes)[0]
+    nodes.nodes[blocked].drain_blocked = True
+    async with nodes.workers(temporal_env.client):
+        result = await (await start(temporal_env.client, disk_spec(failurebudget=1))).result()
+    node = nodes.nodes[blocked]
+    assert result.nodes[0].state == NodeState.FAILED and "drain" in result.failures[blocked]
+    assert node.reboots == 0 and not node.cordoned and node.next_entry is None
+    assert result.counts[NodeState.SUCCEEDED] == 1
+
+
+async def test_opstype_rollback_switches_to_the_other_slot(temporal_env: WorkflowEnvironment) -> None:
+    prefix = uuid.uuid4().hex[:6]
+    nodes = FakeFleet(
+        [
+            FakeNode(f"a-{prefix}", NEW, slots={"A": OLD, "B": NEW}, booted="B", saved="B"),
+            FakeNode(f"b-{prefix}", NEW, slots={"A": "KubeOS 1.0.2", "B": NEW}, booted="B", saved="B"),
+        ]
+    )
+    rollback = disk_spec(opstype="rollback", imagetype="", osversion=OLD, imageurl="", checksum="", cacert="")
+    async with nodes.workers(temporal_env.client):
+        result = await (await start(temporal_env.client, rollback | {})).result()
+    a, b = nodes.nodes[f"a-{prefix}"], nodes.nodes[f"b-{prefix}"]
+    assert a.running_version == OLD and a.saved == "A"
+    assert result.failures[b.name].startswith("rollback:") and "not KubeOS 1.0.0" in result.failures[b.name]
+    assert b.running_version == NEW and b.reboots == 0
+
+
+async def test_set_max_unavailable_is_validated_and_applied(temporal_env: WorkflowEnvironment) -> None:
+    nodes = fleet(6)
+    async with nodes.workers(temporal_env.client):
+        handle = await start(temporal_env.client, disk_spec(maxunavailable=1))
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update("set_max_unavailable", SetMaxUnavailableInput(value=0), result_type=int)
+        assert await handle.execute_update("set_max_unavailable", SetMaxUnavailableInput(value=3), result_type=int) == 3
+        result = await handle.result()
+    assert result.max_unavailable == 3 and result.phase == Phase.SUCCEEDED
+
+
+async def test_invalid_input_fails_at_once_listing_every_field(temporal_env: WorkflowEnvironment) -> None:
+    bad = disk_spec(imageurl="ftp://x/y", checksum="nothex", maxunavailable=0)
+    async with fleet(1).workers(temporal_env.client):
+        handle = await start(temporal_env.client, bad)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    message = str(failure.value.cause)
+    for name in ("spec.imageurl", "spec.checksum", "spec.maxunavailable"):
+        assert name in message
+
+
+async def test_bare_spec_input_is_accepted(temporal_env: WorkflowEnvironment) -> None:
+    nodes = fleet(1)
+    async with nodes.workers(temporal_env.client):
+        result = await (await start(temporal_env.client, disk_spec()["spec"])).result()
+    assert result.phase == Phase.SUCCEEDED
+
+
+async def test_continue_as_new_keeps_histories_small() -> None:
+    env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
+    try:
+        nodes = fleet(8)
+        async with nodes.workers(env.client):
+            handle = await start(env.client, disk_spec(maxunavailable=2))
+            result = await handle.result()
+        assert result.phase == Phase.SUCCEEDED and result.counts == {NodeState.SUCCEEDED: 8}
+        assert result.runs > 1
+        assert nodes.max_cordoned_at_once() <= 2
+    finally:
+        await env.shutdown()
