@@ -27,10 +27,10 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     COMPLETED_WITH_FAILURES = "CompletedWithFailures"
     ROLLED_BACK = "RolledBack"
-    CANCELLED = "Cancelled"
+    SUPERSEDED = "Superseded"  # a newer generation of the OS resource took over; running nodes finished first
 
 
-TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.COMPLETED_WITH_FAILURES, Phase.ROLLED_BACK, Phase.CANCELLED})
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.COMPLETED_WITH_FAILURES, Phase.ROLLED_BACK, Phase.SUPERSEDED})
 
 
 class NodeState(StrEnum):
@@ -42,7 +42,7 @@ class NodeState(StrEnum):
     UP_TO_DATE = "UpToDate"  # already on the target version when planned
     ROLLING_BACK = "RollingBack"
     ROLLED_BACK = "RolledBack"  # returned to its previous version after the rollout was rolled back
-    NOT_STARTED = "NotStarted"  # the rollout ended (rolled back, window closed) before this node started
+    NOT_STARTED = "NotStarted"  # the rollout ended (rolled back, superseded, window closed) first
 
 
 class NodeMode(StrEnum):
@@ -72,6 +72,7 @@ class RolloutState(BaseModel):
     pause_reason: str = ""
     rollback_requested: bool = False
     rollback_reason: str = ""
+    superseded_by: str = ""
     #: Failures that a resume has acknowledged; the budget counts the failures after them.
     acknowledged_failures: int = 0
     runs: int = 1

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ROLLOUT_WORKFLOW,
         SA_PHASE,
         SA_TARGET_VERSION,
+        TERMINAL_PHASES,
         NodeEntry,
         NodeMode,
         NodeState,
@@ -108,6 +109,15 @@ class ClusterRollout:
             state.paused = False
         self._changed()
 
+    @workflow.signal
+    def supersede(self, by: str = "") -> None:
+        """A newer generation of the OS resource replaces this rollout: start no new node, let the running ones
+        finish (so two rollouts never work on one node), then end."""
+        state = self.state
+        state.superseded_by = by or "a newer rollout"
+        state.paused = False
+        self._changed()
+
     @workflow.update
     def set_max_unavailable(self, request: SetMaxUnavailableInput) -> int:
         """Change how many nodes may be out of service at once; takes effect for the next node to start."""
@@ -175,7 +185,7 @@ class ClusterRollout:
         next_index = 0
         last_start: float | None = None
         while True:
-            if state.rollback_requested:
+            if state.rollback_requested or state.superseded_by:
                 break
             if next_index >= len(queue):
                 break
@@ -209,6 +219,9 @@ class ClusterRollout:
             last_start = workflow.time()
             self._start_node(entry, NodeMode.UPGRADE if state.spec.opstype == "upgrade" else NodeMode.SWITCH)
         await self._wait_running()
+        if state.superseded_by and not state.rollback_requested:
+            for entry in queue[next_index:]:
+                entry.state, entry.message = NodeState.NOT_STARTED, f"superseded by {state.superseded_by}"
 
     async def _roll_back(self) -> None:
         """Return every node this rollout moved to its previous version, ``maxunavailable`` at a time."""
@@ -301,16 +314,14 @@ class ClusterRollout:
 
     @property
     def _finished(self) -> bool:
-        return self._state is not None and self._state.phase in (
-            Phase.SUCCEEDED,
-            Phase.COMPLETED_WITH_FAILURES,
-            Phase.ROLLED_BACK,
-        )
+        return self._state is not None and self._state.phase in TERMINAL_PHASES
 
     def _finish(self) -> None:
         state = self.state
         if state.rollback_requested:
             self._set_phase(Phase.ROLLED_BACK)
+        elif state.superseded_by:
+            self._set_phase(Phase.SUPERSEDED)
         elif self._count(NodeState.FAILED):
             self._set_phase(Phase.COMPLETED_WITH_FAILURES)
         else:
