@@ -310,6 +310,11 @@ class RegistryServer:
     def _ssl_context(self) -> ssl.SSLContext | None:
         return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
 
+    def push_kubeos(self, osversion: str, *, layout: Layout = "os.tar", repository: str = "kubeos/os") -> PushedImage:
+        """Build and push the KubeOS image of ``osversion`` here (what ``demo --imagetype docker`` publishes)."""
+        with self.client() as client:
+            return push_kubeos_image(client, osversion, self.directory / "images", layout=layout, repository=repository)
+
     def client(self, credentials: tuple[str, str] | None = None) -> RegistryClient:
         """A client for pushing (and inspecting); with auth, the first user's credentials by default."""
         if credentials is None and self.users:

@@ -83,7 +83,7 @@ class ContainerImageError(HostError):
     from it: only network-type failures are worth another attempt, the rest is bad input or a bad image.
     """
 
-    default_kind: ClassVar[HostErrorType] = HostErrorType.CONTAINER_IMAGE_UNAVAILABLE
+    default_kind: ClassVar[HostErrorType] = HostErrorType.CONTAINER_IMAGE
 
     def __init__(self, message: str) -> None:
         super().__init__(self.default_kind, message)

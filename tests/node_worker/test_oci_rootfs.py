@@ -379,7 +379,7 @@ def test_authenticated_registries(
         assert pretty_name(built.path) == f"KubeOS 1.2.0-{mode}"
     with pytest.raises(RegistryAuthError) as info:
         build("", tmp_path / "staging", source=source, certs=certs, auth_config=None)
-    assert info.value.kind == HostErrorType.CONTAINER_IMAGE_UNAVAILABLE and not info.value.retryable
+    assert info.value.kind == HostErrorType.CONTAINER_IMAGE and not info.value.retryable
 
 
 def test_manifest_list_builds_the_hosts_platform(plain_registry: RegistryServer, tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ def test_missing_tag_is_manifest_unknown(plain_registry: RegistryServer, tmp_pat
     with open_client(ref, auth_config=None) as client, pytest.raises(ManifestUnknown) as info:
         resolve_image(client, ref)
     assert "manifest unknown" in str(info.value) and "kubeos/tags:absent" in str(info.value)
-    assert info.value.kind == HostErrorType.CONTAINER_IMAGE_UNAVAILABLE and not info.value.retryable
+    assert info.value.kind == HostErrorType.CONTAINER_IMAGE and not info.value.retryable
 
 
 def test_closed_port_is_unreachable_and_retryable() -> None:
