@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := grub-common fdisk e2fsprogs nginx docker-registry skopeo umoci curl chromium
+DEBIAN_PACKAGES := grub-common fdisk e2fsprogs nginx docker-registry skopeo umoci curl chromium kubectl
 
 .PHONY: demo test quick lint crd deps apt
 
