@@ -175,7 +175,7 @@ def build_rootfs_image(
             image = resolve_image(client, ref, architecture=architecture)
             verify_checksum(image, source.checksum)
             report("resolve", 1, 1)
-            _check_layers(image)
+            _check_layers(image, slot_size)
             needed = sum(d.size for d in image.layers) + space_margin
             _require_free(staging_dir, needed, f"downloading the layers of {ref}")
             workdir.mkdir(parents=True)
@@ -201,7 +201,15 @@ def build_rootfs_image(
     )
 
 
-def _check_layers(image: ResolvedImage) -> None:
+def _check_layers(image: ResolvedImage, slot_size: int) -> None:
+    """Refuse what cannot work before downloading: unknown layer types, and layers that even compressed are
+    larger than the slot (the tree is at least about as large, unless later layers delete most of it)."""
+    compressed = sum(layer.size for layer in image.layers)
+    if compressed > slot_size:
+        raise SlotTooSmall(
+            f"image {image.reference}: its layers take {compressed} bytes compressed, more than the slot's "
+            f"{slot_size} bytes"
+        )
     for layer in image.layers:
         if layer.media_type not in LAYER_TYPES:
             raise UnsupportedImage(
@@ -555,17 +563,32 @@ def _make_ext4(
     with image.open("wb") as handle:
         handle.truncate(slot_size)  # sparse: mkfs sizes the filesystem to the file, i.e. to the slot
     command = ["mkfs.ext4", "-q", "-F", "-L", label, *(["-U", fs_uuid] if fs_uuid else []), "-d", str(tree), str(image)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip()
+    returncode, detail = _run_reporting(command, lambda: report("mkfs", 0, 1))
+    if returncode != 0:
         image.unlink(missing_ok=True)
         if "Could not allocate" in detail or "No space" in detail:
             raise SlotTooSmall(
                 f"the root filesystem ({usage} bytes) does not fit an ext4 filesystem of the slot's "
                 f"{slot_size} bytes: {detail}"
             )
-        raise FilesystemBuildError(f"mkfs.ext4 failed ({result.returncode}): {detail}")
+        raise FilesystemBuildError(f"mkfs.ext4 failed ({returncode}): {detail}")
     report("mkfs", 1, 1)
+
+
+def _run_reporting(command: list[str], tick: Callable[[], None]) -> tuple[int, str]:
+    """Run a tool, calling ``tick`` every second meanwhile (mkfs of a large tree outlasts a heartbeat timeout)."""
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except OSError as exc:
+        raise FilesystemBuildError(f"cannot run {command[0]}: {exc} (package e2fsprogs)") from exc
+    with process:
+        while True:
+            try:
+                output, _ = process.communicate(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                tick()
+    return process.returncode, output.strip()
 
 
 def _hash_file(path: Path, report: Progress) -> str:

@@ -331,10 +331,16 @@ def test_unsupported_layer_compression(plain_registry: RegistryServer, tmp_path:
 
 def test_slot_and_staging_space_are_checked(plain_registry: RegistryServer, tmp_path: Path) -> None:
     big = tar_layer(tmp_path, [os_release("Big"), ("file", "big.bin", os.urandom(3 * MIB), 0o644)])
-    pushed = push(plain_registry, "kubeos/big", [big])
-    with pytest.raises(SlotTooSmall, match="slot") as info:
-        build(pushed.reference, tmp_path / "staging", slot_size=2 * MIB)
-    assert info.value.kind == HostErrorType.IMAGE_TOO_LARGE
+    zeros = tar_layer(tmp_path, [os_release("Zeros"), ("file", "zeros.bin", bytes(3 * MIB), 0o644)])
+    pushed, packed = push(plain_registry, "kubeos/big", [big]), push(plain_registry, "kubeos/zeros", [zeros])
+    phases: list[str] = []
+    # Layers larger than the slot even compressed: refused before downloading.
+    with pytest.raises(SlotTooSmall, match="compressed, more than the slot") as info:
+        build(pushed.reference, tmp_path / "staging", slot_size=2 * MIB, progress=lambda p, d, t: phases.append(p))
+    assert info.value.kind == HostErrorType.IMAGE_TOO_LARGE and "download" not in phases
+    # Small compressed, too large unpacked: stopped while unpacking.
+    with pytest.raises(SlotTooSmall, match=r"needs more than .* the slot"):
+        build(packed.reference, tmp_path / "staging", slot_size=2 * MIB)
     # The tree fits the bytes but not an ext4 filesystem of that size (metadata): mkfs says so, we name it.
     with pytest.raises(SlotTooSmall, match="does not fit an ext4 filesystem"):
         build(pushed.reference, tmp_path / "staging", slot_size=3 * MIB + 256 * 1024)
