@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -48,17 +49,22 @@ _MAX_FILE_NAME = 255
 
 # The reference's image-name rule: optional registry host[:port] and path components, a name, then a tag or a
 # sha256 digest. We additionally require the tag or the digest (an OS image must name an exact build) and a full
-# 64-digit digest.
+# 64-digit digest. ASCII only, like the reference's (Rust) ``\w``: Python's would take any Unicode letter.
 _IMAGE_RE = re.compile(
     r"^(?:[\w.-]+(?::\d+)?/)*[\w.-]+"
-    r"(?::(?P<tag>[\w][\w.-]{0,127})|@sha256:(?P<digest>[a-fA-F0-9]{64}))$"
+    r"(?::(?P<tag>[\w][\w.-]{0,127})|@sha256:(?P<digest>[a-fA-F0-9]{64}))$",
+    re.ASCII,
 )
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-# An osImage as kubelet reports it (PRETTY_NAME): a name, then words, one of which is a version.
-_OSVERSION_RE = re.compile(r"^[A-Za-z][\w.+-]*(?: [\w.+()~-]+)+$")
-_VERSION_WORD_RE = re.compile(r"^(?P<major>\d+)(?:\.\d+)*[\w.+~-]*$")
+# An osImage as kubelet reports it (PRETTY_NAME): a name, then words, one of which is a version
+# (``KubeOS 1.0.0``, ``openEuler 22.03 (LTS-SP1)``, ``Debian GNU/Linux 12 (bookworm)``).
+_OSVERSION_RE = re.compile(r"^[A-Za-z][\w.+-]*(?: [\w.+()~/-]+)+$", re.ASCII)
+_VERSION_WORD_RE = re.compile(r"^[vV]?(?P<major>\d+)(?:\.\d+)*[\w.+~-]*$", re.ASCII)
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)$")
-_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$")
+# RFC 1123 subdomain, as Kubernetes checks object names: dot-separated labels, each alphanumeric at both ends.
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN_RE = re.compile(rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*$")
+_MAX_NAME = 253
 _DATETIME_FMT = "%Y-%m-%d %H:%M:%S"
 _TIME_FMT = "%H:%M:%S"
 
@@ -118,12 +124,14 @@ class TimeWindow(BaseModel):
 
     @property
     def daily(self) -> bool:
-        return _parse_clock(self.starttime) is not None
+        return _parse_clock(self.starttime) == "time"
 
     def contains(self, moment: datetime) -> bool:
         """Whether ``moment`` (naive UTC, or aware) lies inside the window; an empty window is always open."""
         if self.empty:
             return True
+        if moment.tzinfo is not None:  # the window is in UTC: convert, do not just drop the offset
+            moment = moment.astimezone(UTC)
         moment = moment.replace(tzinfo=None)
         if self.daily:
             start, end = (
@@ -240,6 +248,7 @@ class OSStatus(BaseModel):
 # ----------------------------------------------------------------------------------------------- rules
 
 _SPEC_FIELDS = tuple(OSSpec.model_fields)
+_WINDOW_FIELDS = tuple(TimeWindow.model_fields)
 
 
 def os_major_version(osversion: str) -> str | None:
@@ -262,8 +271,14 @@ def _parse_clock(value: str) -> str | None:
     return None
 
 
+# Bounded repr: a YAML alias bomb is a small graph whose full repr would be astronomically long.
+_SHORT_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 3, 4, 4
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 50
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    text = _SHORT_REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -344,7 +359,7 @@ class _Checker:
     # -- the spec
 
     def run(self) -> None:
-        self._unknown_fields()
+        self._unknown_fields(self.raw, _SPEC_FIELDS)
         opstype = self.choice("opstype", OPS_TYPES, required=True)
         imagetype = self.choice("imagetype", IMAGE_TYPES, required=opstype == "upgrade")
         self._osversion()
@@ -378,20 +393,20 @@ class _Checker:
         self.out["draintimeout"] = self.integer("draintimeout", minimum=1, default=300)
         self.out["boottimeout"] = self.integer("boottimeout", minimum=1, default=600)
 
-    def _unknown_fields(self) -> None:
-        for key in self.raw:
-            if key in _SPEC_FIELDS:
+    def _unknown_fields(self, raw: Mapping[Any, Any], known: tuple[str, ...], parent: str = "") -> None:
+        for key in raw:
+            if key in known:
                 continue
             if not isinstance(key, str):
-                self.err(str(key), "field names must be strings")
+                self.err(f"{parent}{key}", "field names must be strings")
                 continue
-            close = difflib.get_close_matches(key, _SPEC_FIELDS, n=1)
+            close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             if close and close[0].lower() == key.lower():
                 # A case slip such as ``flagsafe`` silently loses the user's intent: that is an error.
-                self.err(key, f"unknown field{hint}; field names are case-sensitive")
+                self.err(f"{parent}{key}", f"unknown field{hint}; field names are case-sensitive")
             else:
-                self.warn(key, f"unknown field, ignored{hint}")
+                self.warn(f"{parent}{key}", f"unknown field, ignored{hint}")
 
     def _osversion(self) -> None:
         value = self.text("osversion", limit=128)
@@ -432,11 +447,12 @@ class _Checker:
                 self.err("checksum", f"is required: the SHA-256 of {what}, 64 hex digits")
                 return None
             return ""
-        bare = value[7:] if value.lower().startswith("sha256:") else value
-        if not _HEX64_RE.match(bare):
-            self.err("checksum", f"must be a SHA-256 digest, exactly 64 hex digits, got {value!r}")
+        if not _HEX64_RE.match(value):
+            # Bare hex, as ``sha256sum`` prints it and as the reference compares it with an image's digest.
+            hint = " without the 'sha256:' prefix" if value.lower().startswith("sha256:") else ""
+            self.err("checksum", f"must be a SHA-256 digest, exactly 64 hex digits{hint}, got {value!r}")
             return None
-        return bare.lower()
+        return value.lower()
 
     def _disk(
         self,
@@ -541,9 +557,10 @@ class _Checker:
                 self.warn(name, "is only used for disk images with mtls")
 
     def _rollback_extras(self, imageurl: str | None, dockerimage: str | None, checksum: str | None) -> None:
-        """A rollback switches to the other slot; image fields are kept but do not apply."""
+        """A rollback switches to the other slot; image fields are kept but do not apply, so a leftover value (even a
+        malformed one) is only a warning. A checksum is kept only when well-formed: the model holds bare hex or ""."""
         self.out.update(imageurl=imageurl or "", dockerimage=dockerimage or "")
-        self.out["checksum"] = self._checksum(checksum, required=False, what="an image")
+        self.out["checksum"] = checksum.lower() if checksum and _HEX64_RE.match(checksum) else ""
         for name, value in (("imageurl", imageurl), ("dockerimage", dockerimage), ("checksum", checksum)):
             if value:
                 self.warn(name, "is not used by a rollback (it boots the other slot)")
@@ -564,6 +581,7 @@ class _Checker:
         if not isinstance(raw, Mapping):
             self.err("timewindow", f"must be a mapping with starttime and endtime, got {_describe(raw)}")
             return
+        self._unknown_fields(raw, _WINDOW_FIELDS, "timewindow.")
         ends: dict[str, str] = {}
         for end in ("starttime", "endtime"):
             value = raw.get(end)
@@ -594,10 +612,13 @@ class _Checker:
         if kinds["starttime"] != kinds["endtime"]:
             self.err("timewindow", "starttime and endtime must use the same format")
             return
-        if start == end_:
+        # Compare the parsed values: strptime accepts unpadded fields ("1:00:00"), so text order is not time order.
+        fmt = _TIME_FMT if kinds["starttime"] == "time" else _DATETIME_FMT
+        start_at, end_at = datetime.strptime(start, fmt), datetime.strptime(end_, fmt)
+        if start_at == end_at:
             self.err("timewindow", "starttime and endtime must differ")
             return
-        if kinds["starttime"] == "datetime" and start > end_:
+        if kinds["starttime"] == "datetime" and start_at > end_at:
             self.err("timewindow.endtime", "must be later than starttime")
             return
         self.out["timewindow"] = {"starttime": start, "endtime": end_}
@@ -614,13 +635,17 @@ def check_spec(raw: Any, prefix: str = "spec.") -> tuple[list[FieldError], list[
     return checker.errors, checker.warnings, checker.out
 
 
-def check_os_document(doc: Any) -> CheckReport:
-    """Judge an ``OS`` resource, or a bare spec (a mapping without ``spec``/``kind``)."""
+def check_os_document(doc: Any, *, bare_spec: bool = True) -> CheckReport:
+    """Judge an ``OS`` resource, or (when ``bare_spec``) a bare spec: a mapping without ``spec``/``kind``.
+
+    Callers that judge what a user would ``kubectl apply`` (the ``validate`` command) pass ``bare_spec=False``:
+    a lone spec is not a resource, and the API server would refuse it.
+    """
     report = CheckReport()
     if not isinstance(doc, Mapping):
         report.errors.append(FieldError("(document)", f"must be a mapping (an OS resource), got {_describe(doc)}"))
         return report
-    if "spec" not in doc and "kind" not in doc and "apiVersion" not in doc:
+    if bare_spec and "spec" not in doc and "kind" not in doc and "apiVersion" not in doc:
         raw_spec: Any = doc
     else:
         _check_envelope(doc, report)
@@ -656,15 +681,24 @@ def _check_envelope(doc: Mapping[str, Any], report: CheckReport) -> None:
     if kind != KIND:
         report.errors.append(FieldError("kind", f"must be {KIND}, got {_describe(kind)}"))
     metadata = doc.get("metadata")
-    if not isinstance(metadata, Mapping):
+    if metadata is None:
         report.errors.append(FieldError("metadata.name", "is required"))
         return
+    if not isinstance(metadata, Mapping):
+        report.errors.append(FieldError("metadata", f"must be a mapping with a name, got {_describe(metadata)}"))
+        return
     name, namespace = metadata.get("name"), metadata.get("namespace", "")
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         report.errors.append(FieldError("metadata.name", "is required"))
-    elif not _DNS_SUBDOMAIN_RE.match(name):
+    elif not isinstance(name, str):
+        report.errors.append(FieldError("metadata.name", f"must be a string, got {_describe(name)}"))
+    elif len(name) > _MAX_NAME or not _DNS_SUBDOMAIN_RE.match(name):
         report.errors.append(
-            FieldError("metadata.name", f"must be lower-case letters, digits, '-' or '.', got {name!r}")
+            FieldError(
+                "metadata.name",
+                f"must be a DNS subdomain: at most {_MAX_NAME} lower-case letters, digits, '-' and '.', "
+                f"each dot-separated part starting and ending with a letter or digit, got {_describe(name)}",
+            )
         )
     else:
         report.name = name

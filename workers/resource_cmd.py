@@ -46,7 +46,7 @@ def validate_files(args: argparse.Namespace) -> int:
             invalid = True
         for doc in documents:
             where = f"{doc.path}" + (f" (document {doc.index})" if len(documents) > 1 else "")
-            report = check_os_document(doc.body)
+            report = check_os_document(doc.body, bare_spec=False)
             label = f"OS/{report.name}" if report.name else "OS"
             for warning in report.warnings:
                 print(f"warning: {where}: {warning}", file=sys.stderr)
