@@ -42,6 +42,7 @@ from node_worker.registry import (
     ChecksumMismatch,
     ManifestUnknown,
     RegistryAuthError,
+    RegistryServerError,
     RegistryTLSError,
     RegistryUnreachable,
     UnsupportedImage,
@@ -407,3 +408,27 @@ def test_manifest_list_builds_the_hosts_platform(plain_registry: RegistryServer,
     with build("", tmp_path / "staging", source=source) as built:
         assert pretty_name(built.path) == f"KubeOS 4.0.0 {host_arch}"
         assert built.image_digest == index.digest and built.manifest_digest == images[1][0].digest
+
+
+def test_registry_dying_mid_transfer_is_retryable(tmp_path: Path) -> None:
+    """A cut transfer is a network failure (retryable), never a half-built image."""
+    plain = tmp_path / "big.tar"
+    with tarfile.open(plain, "w") as archive:
+        info = tarfile.TarInfo("big.bin")
+        info.size = 64 * MIB
+        archive.addfile(info, io.BytesIO(os.urandom(info.size)))
+    digest = "sha256:" + hashlib.sha256(plain.read_bytes()).hexdigest()
+    layer = LayerBlob(plain, digest, plain.stat().st_size, digest, "application/vnd.oci.image.layer.v1.tar")
+    with RegistryServer(tmp_path / "registry") as server:
+        pushed = push(server, "kubeos/cut", [layer])
+
+        def kill_on_first_chunk(phase: str, done: int, total: int) -> None:
+            if phase == "download" and done > 0 and server._process is not None:
+                server._process.kill()
+                server._process.wait()
+
+        with pytest.raises(HostError) as info_:
+            build(pushed.reference, tmp_path / "staging", slot_size=128 * MIB, progress=kill_on_first_chunk)
+    assert isinstance(info_.value, RegistryUnreachable | RegistryServerError), info_.value
+    assert info_.value.retryable and info_.value.kind == HostErrorType.DOWNLOAD_RETRY
+    assert not (tmp_path / "staging" / WORKDIR_NAME).exists()
