@@ -458,6 +458,11 @@ class RegistryClient:
             raise RegistryAuthError(f"registry {self.registry} sent an unusable challenge: {challenge!r}")
         query = {k: v for k, v in (("service", params.get("service")), ("scope", scope)) if v}
         headers = {"Authorization": _basic_header(self.access.credentials)} if self.access.credentials else {}
+        realm = httpx.URL(params["realm"])
+        if headers and realm.scheme != "https" and not is_loopback_host(realm.host):
+            raise RegistryAuthError(
+                f"registry {self.registry}: refusing to send credentials to the token service {realm} over plain http"
+            )
         try:
             answer = self._http.get(params["realm"], params=query, headers=headers)
         except httpx.TransportError as exc:
