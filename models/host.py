@@ -283,3 +283,23 @@ class HostPrepareRollbackOutput(BaseModel):
     target_slot: SlotName
     booted_slot: SlotName
     os_release: OsRelease
+
+
+# ----------------------------------------------------------------------------------------- simulated machine
+
+
+class SimMachineState(BaseModel):
+    """``DIR/machine.json`` of a simulated host (``host sim-run``), read by the kubelet stand-in.
+
+    ``running``: the machine is up and its node worker started; ``pretty_name``: PRETTY_NAME of the booted slot
+    (the node's osImage); ``last_boot_failed_slot``: the slot the last boot tried first and could not boot.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    running: bool
+    booted_slot: SlotName
+    pretty_name: str
+    boot_id: str
+    boots: int = Field(ge=0)
+    last_boot_failed_slot: SlotName | None = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import ssl
 import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -23,6 +22,8 @@ from node_worker.writer import SlotWriter
 
 # Consecutive failed requests (no byte gained) before the attempt gives up; the activity's retry then resumes.
 MAX_FAILURES_WITHOUT_PROGRESS = 4
+# Backoff between requests of one attempt: RETRY_BASE_DELAY * 2**failures seconds, at most 5 s.
+RETRY_BASE_DELAY = 0.25
 _CONTENT_RANGE_RE = re.compile(r"^bytes (?P<first>\d+)-(?P<last>\d+)/(?P<total>\d+|\*)$")
 _TIMEOUT = httpx.Timeout(connect=30.0, read=60.0, write=60.0, pool=30.0)
 
@@ -41,7 +42,6 @@ def check_url_policy(source: ImageSource, log: NodeLog) -> str:
         return scheme
     if scheme == "http" and parts.hostname:
         if source.flagSafe:
-            log.warning(f"downloading over plain http because flagSafe is true: {url}")
             return scheme
         log.error(f"unsafe address, not downloading: {url} (http needs flagSafe: true)")
         raise HostError(
@@ -95,7 +95,6 @@ def download_into(
     ctx: ssl.SSLContext | None,
     log: NodeLog,
     progress: ByteProgress | None = None,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> int | None:
     """Stream ``source.imageurl`` into ``writer`` from ``writer.position`` on; returns the image's total size.
 
@@ -105,6 +104,8 @@ def download_into(
     """
     url = source.imageurl
     https = urlsplit(url).scheme.lower() == "https"
+    if not https:
+        log.warning(f"downloading over plain http because flagSafe is true: {url}")
     failures = 0
     validator = ""
     ranges = writer.position > 0  # a resumed attempt tries a range; the answer tells whether it works
@@ -166,4 +167,4 @@ def download_into(
                 )
             how = f"resuming at byte {writer.position}" if ranges else "starting over (no range support)"
             log.warning(f"download of {url} interrupted ({problem}); {how}")
-            sleep(min(0.25 * 2**failures, 5.0))
+            time.sleep(min(RETRY_BASE_DELAY * 2**failures, 5.0))

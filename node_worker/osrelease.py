@@ -100,7 +100,7 @@ def read_slot_os_release(slot: Slot) -> OsRelease:
             problems.append(f"{path} has no PRETTY_NAME")
             continue
         return release
-    raise OsReleaseUnreadable(f"{slot.describe()} holds no readable os-release: {problems[-1]}")
+    raise OsReleaseUnreadable(f"{slot.describe()} holds no readable os-release: {'; '.join(problems)}")
 
 
 def read_root_os_release(root: str | Path) -> OsRelease:
@@ -115,4 +115,4 @@ def read_root_os_release(root: str | Path) -> OsRelease:
         if release.pretty_name:
             return release
         problems.append(f"{path} has no PRETTY_NAME")
-    raise OsReleaseUnreadable(f"{root} holds no readable os-release: {problems[-1]}")
+    raise OsReleaseUnreadable(f"{root} holds no readable os-release: {'; '.join(problems)}")

@@ -1,0 +1,1 @@
+"""Test helpers that several test folders can use (servers, certificates)."""
