@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := grub-common fdisk e2fsprogs nginx docker-registry skopeo umoc
 .PHONY: demo test quick lint crd deps apt
 
 demo: deps
-	$(VENV)/bin/kubeos-rollout demo
+	$(VENV)/bin/kubeos-rollout demo $(ARGS)
 
 test: deps
 	$(MAKE) lint
