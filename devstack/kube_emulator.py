@@ -217,7 +217,9 @@ class ApiServer(kmock.KubernetesEmulator):
             if _flag(params.get("watch")):
                 return self._reply(self._watch(request, kind, namespace, path.name))
             if path.name is None:
-                items = store.list(kind, namespace, params.get("labelSelector", ""), params.get("fieldSelector", ""))
+                items = store.list_objects(
+                    kind, namespace, params.get("labelSelector", ""), params.get("fieldSelector", "")
+                )
                 return self._reply(self._listing(request, kind, items))
             obj = store.get(kind, namespace, path.name)
             return self._reply(self._listing(request, kind, [obj]) if self._wants_table(request) else obj)
@@ -295,7 +297,7 @@ class ApiServer(kmock.KubernetesEmulator):
             if since_text in ("", "0"):
                 # "Any"/"most recent": the current state as ADDED events, then the changes that follow.
                 since = store.revision
-                for obj in store.list(kind, namespace):
+                for obj in store.list_objects(kind, namespace):
                     if visible(obj):
                         yield {"type": "ADDED", "object": obj}
             else:
@@ -447,7 +449,7 @@ class KubeEmulator:
 
     def cordoned_now(self) -> set[str]:
         nodes = self.store.kind("", "v1", "nodes")
-        listing = self.store.list(nodes, None)
+        listing = self.store.list_objects(nodes, None)
         return {n["metadata"]["name"] for n in listing if (n.get("spec") or {}).get("unschedulable")}
 
 

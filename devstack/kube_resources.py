@@ -8,6 +8,7 @@ CustomResourceDefinition documents: the project's CRD file, or any CRD created t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,7 +144,9 @@ def openapi_v3_group(kinds: Iterable[Kind], group: str, version: str) -> JSON | 
 
 def builtin_kinds() -> list[Kind]:
     bundled = kmock.ResourcesArray()
-    bundled.load_bundled()
+    with warnings.catch_warnings():  # kmock reads its bundle with a deprecated importlib call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        bundled.load_bundled()
     kinds = []
     for res in bundled:
         if res.group not in SERVED_GROUPS or res.version is None or res.plural is None:

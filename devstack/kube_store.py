@@ -167,7 +167,9 @@ class Store:
             raise api_error(400, "BadRequest", str(e)) from e
         return lambda obj: labels_match(labels, _meta(obj).get("labels")) and fields(obj)
 
-    def list(self, kind: Kind, namespace: str | None, label_selector: str = "", field_selector: str = "") -> list[JSON]:
+    def list_objects(
+        self, kind: Kind, namespace: str | None, label_selector: str = "", field_selector: str = ""
+    ) -> list[JSON]:
         match = self.matcher(label_selector, field_selector)
         items = [copy.deepcopy(o) for o in self._iter(kind, namespace) if match(o)]
         return sorted(items, key=lambda o: (_meta(o).get("namespace", ""), _meta(o).get("name", "")))
@@ -379,6 +381,26 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ eviction
 
+    def _expected_pods(self, namespace: str, covered: list[JSON]) -> int:
+        """How many pods the budget expects, as the disruption controller counts them: the replicas of each
+        controller that still exists (evicted pods are coming back), plus the pods without one."""
+        replicas: dict[tuple[str, str], int] = {}
+        bare = 0
+        for pod in covered:
+            ref = _controller_ref(pod)
+            owner = self._owner(namespace, ref) if ref else None
+            scale = ((owner or {}).get("spec") or {}).get("replicas")
+            if ref is not None and isinstance(scale, int):
+                replicas[(ref.get("kind", ""), ref.get("name", ""))] = scale
+            else:
+                bare += 1
+        return bare + sum(replicas.values())
+
+    def _owner(self, namespace: str, ref: JSON) -> JSON | None:
+        group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+        kind = next((k for k in self.kinds.values() if k.group == group and k.kind == ref.get("kind")), None)
+        return self._current(kind, namespace, str(ref.get("name", ""))) if kind else None
+
     def evict(self, namespace: str, name: str, body: Any, dry_run: bool = False) -> JSON:
         """The ``pods/eviction`` subresource: delete the pod unless a PodDisruptionBudget forbids it (429)."""
         pods = self.kind("", "v1", "pods")
@@ -425,7 +447,7 @@ class Store:
             for p in self._iter(pods, namespace)
             if labels_match(selector, _meta(p).get("labels")) and not _meta(p).get("deletionTimestamp")
         ]
-        expected = len(covered)
+        expected = self._expected_pods(namespace, covered)
         healthy = sum(1 for p in covered if _pod_healthy(p))
         desired = _desired_healthy(spec, expected)
         # As the default unhealthyPodEvictionPolicy (IfHealthyBudget): a healthy pod needs a spare disruption;
@@ -469,6 +491,10 @@ def _normalise_node(kind: Kind, obj: JSON) -> None:
     if kind.group == "" and kind.plural == "nodes" and isinstance(obj.get("status"), dict):
         info = obj["status"].get("nodeInfo")
         obj["status"]["nodeInfo"] = {f: "" for f in _NODE_INFO_FIELDS} | (info if isinstance(info, dict) else {})
+
+
+def _controller_ref(pod: JSON) -> JSON | None:
+    return next((r for r in _meta(pod).get("ownerReferences") or [] if r.get("controller")), None)
 
 
 def _pod_healthy(pod: JSON) -> bool:
