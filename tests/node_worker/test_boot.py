@@ -1,0 +1,267 @@
+"""Boot entries and boots: trial boot, automatic fallback, commit, switch back, rollback, booted-slot detection.
+
+Boots are done by the simulated machine's boot function (``node_worker.machine.boot``), which picks the slot as
+deploy/node/grub.cfg does; the GRUB environment is a real grubenv edited with grub-editenv.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from models.host import HostConfig, HostErrorType, SlotConfig
+from node_worker import boot as bootmod
+from node_worker.errors import HostError
+from node_worker.machine import BootFailed, boot
+from node_worker.nodelog import NodeLog
+from tests.node_worker.conftest import NEW, OLD, Image, SimHost, disk_source, make_sim_host
+from tests.support.image_server import ImageServer
+
+
+def _staged(host: SimHost, server: ImageServer, image: Image) -> str:
+    return host.agent.stage(disk_source(server.url(image.name), image)).checksum
+
+
+def _reboot(host: SimHost) -> str:
+    state = boot(host.paths, host.config, None, NodeLog(host.paths.node_log))
+    return state.booted_slot
+
+
+def test_trial_boot_sets_next_entry_once_and_keeps_saved_entry(
+    host: SimHost, https_server: ImageServer, new_image: Image
+) -> None:
+    checksum = _staged(host, https_server, new_image)
+
+    out = host.agent.trial_boot("B", NEW, checksum)
+
+    assert out.grubenv["next_entry"] == "B" and out.grubenv["saved_entry"] == "A"
+    assert host.grubenv() == {"saved_entry": "A", "next_entry": "B"}
+    # first boot: B once; this boot is a trial (booted slot is not the saved entry)
+    assert _reboot(host) == "B"
+    status = host.agent.status()
+    assert status.booted_slot == "B" and status.trial and status.next_slot is None
+    assert status.slots["B"].os_release is not None and status.slots["B"].os_release.pretty_name == NEW
+    # next boot without a commit: back on A
+    assert _reboot(host) == "A"
+    assert not host.agent.status().trial
+
+
+def test_failed_trial_boot_falls_back_to_the_old_slot(
+    host: SimHost, https_server: ImageServer, new_image: Image
+) -> None:
+    """A new slot that cannot boot (its filesystem broke after staging) falls back to the old one."""
+    checksum = _staged(host, https_server, new_image)
+    host.agent.trial_boot("B", NEW, checksum)
+    host.agent.slot("B").invalidate()
+
+    state = boot(host.paths, host.config, None, NodeLog(host.paths.node_log))
+
+    assert state.booted_slot == "A" and state.last_boot_failed_slot == "B" and state.pretty_name == OLD
+    status = host.agent.status()
+    assert status.booted_slot == "A" and not status.trial
+    assert host.grubenv().get("next_entry", "") == ""  # consumed: the broken slot is not tried again
+    # the workflow then switches back: nothing to reboot
+    back = host.agent.switch_back("A")
+    assert not back.reboot_needed and back.grubenv["saved_entry"] == "A" and "next_entry" not in back.grubenv
+
+
+def test_commit_makes_the_new_slot_the_default(host: SimHost, https_server: ImageServer, new_image: Image) -> None:
+    checksum = _staged(host, https_server, new_image)
+    host.agent.trial_boot("B", NEW, checksum)
+    assert _reboot(host) == "B"
+
+    out = host.agent.commit("B", NEW)
+
+    assert out.saved_slot == "B" and out.grubenv == {"saved_entry": "B"}
+    assert not host.agent.status().trial
+    assert _reboot(host) == "B" and _reboot(host) == "B"
+
+
+def test_commit_refuses_a_slot_that_is_not_running(host: SimHost) -> None:
+    with pytest.raises(HostError) as err:
+        host.agent.commit("B")
+    assert err.value.kind == HostErrorType.WRONG_SLOT and not err.value.retryable
+    assert host.grubenv() == {"saved_entry": "A"}
+
+
+def test_commit_refuses_when_the_running_slot_is_not_osversion(host: SimHost) -> None:
+    with pytest.raises(HostError, match="not osversion") as err:
+        host.agent.commit("A", NEW)
+    assert err.value.kind == HostErrorType.SLOT_NOT_VERIFIED
+
+
+def test_switch_back_after_a_healthy_but_rejected_trial(
+    host: SimHost, https_server: ImageServer, new_image: Image
+) -> None:
+    """Health gate failed while running B: A becomes the default again and a reboot is needed."""
+    host.agent.trial_boot("B", NEW, _staged(host, https_server, new_image))
+    assert _reboot(host) == "B"
+
+    out = host.agent.switch_back("A")
+
+    assert out.reboot_needed and out.booted_slot == "B" and out.grubenv == {"saved_entry": "A"}
+    assert _reboot(host) == "A"
+
+
+def test_switch_back_refuses_a_slot_without_a_root(host: SimHost) -> None:
+    with pytest.raises(HostError) as err:
+        host.agent.switch_back("B")  # fresh host: B holds an empty filesystem
+    assert err.value.kind == HostErrorType.SLOT_NOT_VERIFIED
+    assert host.grubenv() == {"saved_entry": "A"}
+
+
+def test_trial_boot_refuses_the_running_slot(host: SimHost) -> None:
+    with pytest.raises(HostError) as err:
+        host.agent.trial_boot("A", OLD)
+    assert err.value.kind == HostErrorType.WRONG_SLOT
+
+
+def test_trial_boot_refuses_a_slot_without_the_staged_image(
+    host: SimHost, https_server: ImageServer, new_image: Image
+) -> None:
+    with pytest.raises(HostError, match="stage it first") as err:
+        host.agent.trial_boot("B", NEW, new_image.sha256)
+    assert err.value.kind == HostErrorType.SLOT_NOT_VERIFIED
+    assert host.grubenv() == {"saved_entry": "A"}
+
+
+def test_trial_boot_refuses_a_slot_changed_after_staging(
+    host: SimHost, https_server: ImageServer, new_image: Image
+) -> None:
+    checksum = _staged(host, https_server, new_image)
+    slot = host.agent.slot("B")
+    with open(slot.path, "r+b") as f:
+        f.seek(slot.offset + 5 * 1024 * 1024)
+        f.write(b"tampered")
+    with pytest.raises(HostError, match="stage it first"):
+        host.agent.trial_boot("B", NEW, checksum)
+    assert host.grubenv() == {"saved_entry": "A"}
+
+
+def test_trial_boot_refuses_the_wrong_version(host: SimHost, https_server: ImageServer, new_image: Image) -> None:
+    checksum = _staged(host, https_server, new_image)
+    with pytest.raises(HostError, match=re.escape("not osversion 'KubeOS 9.9.9'")) as err:
+        host.agent.trial_boot("B", "KubeOS 9.9.9", checksum)
+    assert err.value.kind == HostErrorType.SLOT_NOT_VERIFIED
+    assert host.grubenv() == {"saved_entry": "A"}
+
+
+def test_rollback_needs_the_version_in_the_other_slot(
+    host: SimHost, https_server: ImageServer, new_image: Image
+) -> None:
+    with pytest.raises(HostError) as err:  # fresh host: B is empty
+        host.agent.prepare_rollback(OLD)
+    assert err.value.kind == HostErrorType.ROLLBACK_TARGET_MISMATCH and not err.value.retryable
+
+    host.agent.trial_boot("B", NEW, _staged(host, https_server, new_image))
+    _reboot(host)
+    host.agent.commit("B", NEW)
+
+    with pytest.raises(HostError, match=re.escape("slot A holds 'KubeOS 1.0.0'")) as wrong:
+        host.agent.prepare_rollback("KubeOS 0.9.0")
+    assert wrong.value.kind == HostErrorType.ROLLBACK_TARGET_MISMATCH
+    out = host.agent.prepare_rollback(OLD)
+    assert out.target_slot == "A" and out.booted_slot == "B" and out.os_release.pretty_name == OLD
+    pre = host.agent.preflight(disk_source("", new_image, imagetype="", osversion=OLD), "rollback")
+    assert pre.target_slot == "A"
+    # the rollback then goes the same way as an upgrade: trial boot (no checksum) and commit
+    host.agent.trial_boot("A", OLD)
+    assert _reboot(host) == "A"
+    assert host.agent.commit("A", OLD).saved_slot == "A"
+
+
+def test_await_reboot_fails_retryably_until_the_boot_id_changes(host: SimHost) -> None:
+    before = host.agent.prepare_reboot("test").boot_id
+    with pytest.raises(HostError, match="host has not rebooted yet") as err:
+        host.agent.await_reboot(before)
+    assert err.value.kind == HostErrorType.NOT_REBOOTED and err.value.retryable
+    after = host.boot_into("A")
+    status = host.agent.await_reboot(before)
+    assert status.boot_id == after != before
+
+
+def test_no_bootable_slot_keeps_the_machine_down(host: SimHost) -> None:
+    host.agent.slot("A").invalidate()  # B is empty: nothing boots
+    with pytest.raises(BootFailed):
+        boot(host.paths, host.config, None, NodeLog(host.paths.node_log))
+
+
+def test_unknown_saved_entry_boots_the_first_entry_like_grub(host: SimHost) -> None:
+    host.agent.grub.set(saved_entry="nonsense")
+    assert _reboot(host) == "A"
+
+
+def test_custom_grub_entry_names(tmp_path: Path) -> None:
+    host = make_sim_host(tmp_path / "h")
+    slots = {name: host.config.slots[name].model_copy(update={"grub_entry": f"KubeOS-{name}"}) for name in ("A", "B")}
+    config = host.config.model_copy(update={"slots": slots})
+    host.agent.grub.set(saved_entry="KubeOS-B")
+    from node_worker.agent import HostAgent
+
+    status = HostAgent(config).status()
+    assert status.saved_slot == "B" and status.trial  # running A, saved entry names B
+
+
+# ----------------------------------------------------------------------------------------- booted slot
+
+
+def _config(tmp_path: Path, cmdline: str, a: dict[str, object], b: dict[str, object]) -> HostConfig:
+    (tmp_path / "cmdline").write_text(cmdline)
+    return HostConfig(
+        slots={"A": SlotConfig.model_validate(a), "B": SlotConfig.model_validate(b)},
+        grubenv=str(tmp_path / "grubenv"),
+        kernel_cmdline=str(tmp_path / "cmdline"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        ("BOOT_IMAGE=/vmlinuz root=PARTUUID=2B6E1C1A-0000-4000-8000-00000000000B ro", "B"),
+        ("root=PARTLABEL=ROOT-A quiet", "A"),
+        ("root=LABEL=rootfs-b", "B"),
+        ("root=UUID=AAAAAAAA-1111-2222-3333-444444444444", "A"),
+        ("root=/dev/sda2 root=PARTLABEL=ROOT-B", "B"),  # the kernel takes the last root=
+    ],
+)
+def test_booted_slot_from_kernel_identities(tmp_path: Path, cmdline: str, expected: str) -> None:
+    config = _config(
+        tmp_path,
+        cmdline,
+        {"device": "/dev/sda2", "partlabel": "ROOT-A", "fsuuid": "aaaaaaaa-1111-2222-3333-444444444444"},
+        {
+            "device": "/dev/sda3",
+            "partuuid": "2b6e1c1a-0000-4000-8000-00000000000b",
+            "partlabel": "ROOT-B",
+            "fslabel": "rootfs-b",
+        },
+    )
+    assert bootmod.booted_slot(config) == expected
+
+
+def test_booted_slot_by_device_path_is_not_fooled_by_digits(tmp_path: Path) -> None:
+    """The original took "contains 2" for slot A: nvme2n1p3 would have been A."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for name in ("nvme2n1p2", "nvme2n1p3"):
+        (dev / name).write_bytes(b"")
+    (dev / "by-partlabel").mkdir()
+    (dev / "by-partlabel" / "ROOT-B").symlink_to(dev / "nvme2n1p3")
+    a, b = {"device": str(dev / "nvme2n1p2")}, {"device": str(dev / "nvme2n1p3")}
+    assert bootmod.booted_slot(_config(tmp_path, f"root={dev}/nvme2n1p3 ro", a, b)) == "B"
+    assert bootmod.booted_slot(_config(tmp_path, f"root={dev}/by-partlabel/ROOT-B", a, b)) == "B"
+
+
+@pytest.mark.parametrize("cmdline", ["ro quiet", "root=PARTLABEL=ROOT-C", "root=tmpfs"])
+def test_unknown_root_is_an_error_not_a_guess(tmp_path: Path, cmdline: str) -> None:
+    config = _config(
+        tmp_path,
+        cmdline,
+        {"device": "/dev/sda2", "partlabel": "ROOT-A"},
+        {"device": "/dev/sda3", "partlabel": "ROOT-B"},
+    )
+    with pytest.raises(HostError) as err:
+        bootmod.booted_slot(config)
+    assert err.value.kind == HostErrorType.HOST_MISCONFIGURED
