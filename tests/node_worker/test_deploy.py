@@ -9,8 +9,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from node_worker.config import load_host_config
 from node_worker.cli import register
+from node_worker.config import load_host_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "node"
 
