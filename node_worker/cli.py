@@ -251,3 +251,20 @@ def _build_image(args: argparse.Namespace) -> int:
         return _fail("host build-image", exc)
     print(digest)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The host commands alone (``python -m node_worker.cli``): what the simulated machine runs, so a host's
+    processes import only the host side."""
+    parser = argparse.ArgumentParser(prog="kubeos-rollout")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

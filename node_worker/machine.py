@@ -91,7 +91,7 @@ class Machine:
         self.state = read_machine_state(self.paths)
 
     def worker_command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "workers.cli", "node-worker", "--node", self.node]
+        cmd = [sys.executable, "-m", "node_worker.cli", "node-worker", "--node", self.node]
         cmd += ["--config", str(self.paths.config)]
         if self.temporal:
             cmd += ["--temporal", self.temporal]

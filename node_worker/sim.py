@@ -144,7 +144,7 @@ def sim_config(paths: SimPaths, parts: dict[SlotName, dict[str, str | int]]) -> 
         certs_dir=str(paths.certs),
         staging_dir=str(paths.staging),
         # The machine "reboots" when its supervisor sees the request: the same interpreter and package.
-        reboot_command=[sys.executable, "-m", "workers.cli", "host", "sim-reboot", str(paths.dir)],
+        reboot_command=[sys.executable, "-m", "node_worker.cli", "host", "sim-reboot", str(paths.dir)],
         kernel_cmdline=str(paths.cmdline),
         boot_id_file=str(paths.boot_id),
         mounted_root=None,  # nothing is mounted: the booted slot's os-release is read from its bytes too
