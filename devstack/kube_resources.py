@@ -50,6 +50,8 @@ class Kind:
     subresources: frozenset[str] = frozenset()
     custom: bool = False
     printer_columns: tuple[PrinterColumn, ...] = field(default=())
+    # The CRD version's openAPIV3Schema: custom objects are pruned, defaulted and validated against it.
+    schema: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def api_version(self) -> str:
@@ -197,6 +199,7 @@ def kinds_from_crd(crd: Mapping[str, Any]) -> list[Kind]:
                 subresources=frozenset((version.get("subresources") or {}).keys()),
                 custom=True,
                 printer_columns=columns,
+                schema=(version.get("schema") or {}).get("openAPIV3Schema"),
             )
         )
     return kinds

@@ -24,6 +24,7 @@ from typing import Any
 import kmock
 
 from devstack.kube_resources import Kind, kinds_from_crd
+from devstack.kube_schema import apply_schema
 from devstack.kube_semantics import (
     JSON,
     PatchError,
@@ -253,6 +254,7 @@ class Store:
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
         if kind.custom and kind.status_subresource:
             obj.pop("status", None)  # status is written through /status only
+        obj = self._conform(kind, obj)
         self._defaults(kind, obj)
         if kind.plural == "customresourcedefinitions" and kind.group == "apiextensions.k8s.io":
             try:
@@ -264,6 +266,20 @@ class Store:
         if dry_run:
             return obj
         return self._commit(kind, "ADDED", None, obj)
+
+    def _conform(self, kind: Kind, obj: JSON) -> JSON:
+        """Prune, default and validate a custom object against its CRD schema (422 listing every error)."""
+        if not kind.custom or not kind.schema:
+            return obj
+        conformed, errors = apply_schema(obj, kind.schema)
+        if errors:
+            name = _meta(obj).get("name", "")
+            listing = errors[0].message if len(errors) == 1 else f"[{', '.join(e.message for e in errors)}]"
+            causes = [{"reason": e.reason, "message": e.message, "field": e.field} for e in errors]
+            raise api_error(
+                422, "Invalid", f'{kind.kind}.{kind.group} "{name}" is invalid: {listing}', kind, name, causes
+            )
+        return conformed
 
     def _defaults(self, kind: Kind, obj: JSON) -> None:
         """The few defaults of built-in kinds the project's code reads back."""
@@ -309,6 +325,8 @@ class Store:
         new["apiVersion"], new["kind"] = kind.api_version, kind.kind
         meta["resourceVersion"] = old_meta.get("resourceVersion")
         _normalise_node(kind, new)
+        new = self._conform(kind, new)
+        meta = new["metadata"]
         if new == old:
             return copy.deepcopy(old)  # a no-op write changes nothing, not even the resourceVersion
         if _without(new, "metadata", "status") != _without(old, "metadata", "status"):

@@ -214,6 +214,23 @@ async def test_custom_resource_status_is_separate_and_generation_follows_spec(ku
     assert replaced["status"] == {"phase": "Done"}
 
 
+async def test_custom_resources_follow_the_crd_schema(kube: KubeEnv) -> None:
+    with pytest.raises(ApiException) as invalid:
+        await create_os(kube, os_resource(maxunavailable=0, opstype="sideways"))
+    status = status_of(invalid.value)
+    assert invalid.value.status == 422 and status["reason"] == "Invalid"
+    assert sorted(c["field"] for c in status["details"]["causes"]) == ["spec.maxunavailable", "spec.opstype"]
+    assert 'OS.upgrade.openeuler.org "os-sample" is invalid' in status["message"]
+
+    stored = await create_os(kube, {**os_resource(), "spec": {**OS_SPEC, "undeclared": "x"}})
+    assert "undeclared" not in stored["spec"]  # pruned, as a real API server does
+    args = (GROUP, VERSION, "default", PLURAL, "os-sample")
+    patched = await kube.call(
+        kube.custom.patch_namespaced_custom_object_status, *args, {"status": {"phase": "Running", "bogus": 1}}
+    )
+    assert patched["status"] == {"phase": "Running"}
+
+
 async def test_finalizers_hold_deletion(kube: KubeEnv) -> None:
     await create_os(kube, {**os_resource(), "metadata": {"name": "held", "finalizers": ["kubeos/bridge"]}})
     args = (GROUP, VERSION, "default", PLURAL, "held")
@@ -409,6 +426,18 @@ async def test_kubectl_apply_and_get_os(kube: KubeEnv, tmp_path: Path) -> None:
     assert as_json["spec"]["osversion"] == "KubeOS 1.0.2"
     assert "deleted" in await kube.kubectl("delete", "-f", str(manifest))
     assert await kube.kubectl("get", "os") == ""  # "No resources found" goes to stderr
+
+
+async def test_kubectl_refuses_the_seed_placeholders(kube: KubeEnv, tmp_path: Path) -> None:
+    need_kubectl()
+    manifest = tmp_path / "seed.yaml"
+    manifest.write_text(
+        yaml.safe_dump(os_resource(maxunavailable="edit.node.upgrade.number", flagSafe="imageurl.safety")),
+        encoding="utf-8",
+    )
+    out = await kube.kubectl("apply", "-f", str(manifest), check=False)
+    assert "spec.maxunavailable" in out and "spec.flagSafe" in out and "must be of type" in out
+    assert await kube.kubectl("get", "os") == ""
 
 
 async def test_kubectl_drain_uses_eviction(kube: KubeEnv) -> None:

@@ -1,9 +1,10 @@
-"""The pure API rules of the emulator: selectors and patch formats, on plain dicts."""
+"""The pure API rules of the emulator: selectors, patch formats and CRD schemas, on plain dicts."""
 
 from __future__ import annotations
 
 import pytest
 
+from devstack.kube_schema import apply_schema
 from devstack.kube_semantics import (
     PatchError,
     SelectorError,
@@ -139,3 +140,63 @@ def test_json_patch_operations() -> None:
         json_patch(doc, [{"op": "remove", "path": "/nope"}])
     with pytest.raises(PatchError, match="list of operations"):
         json_patch(doc, {"op": "add"})
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "spec": {
+            "type": "object",
+            "required": ["count"],
+            "properties": {
+                "count": {"type": "integer", "minimum": 1},
+                "mode": {"type": "string", "enum": ["a", "b"], "default": "a"},
+                "name": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 5},
+                "window": {"type": "object", "nullable": True, "properties": {"start": {"type": "string"}}},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            },
+        },
+        "status": {"type": "object", "properties": {"phase": {"type": "string"}}},
+    },
+}
+
+
+def test_schema_prunes_defaults_and_keeps_metadata() -> None:
+    obj = {
+        "apiVersion": "g/v1",
+        "kind": "K",
+        "metadata": {"name": "x", "labels": {"a": "b"}},
+        "spec": {"count": 2, "unknown": 1, "window": None, "free": {"any": {"thing": 1}}, "tags": ["t"]},
+        "status": {"phase": "Running", "undeclared": True},
+        "extra": "dropped",
+    }
+    stored, errors = apply_schema(obj, SCHEMA)
+    assert errors == []
+    assert stored == {
+        "apiVersion": "g/v1",
+        "kind": "K",
+        "metadata": {"name": "x", "labels": {"a": "b"}},
+        "spec": {"count": 2, "window": None, "free": {"any": {"thing": 1}}, "tags": ["t"], "mode": "a"},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_schema_lists_every_violation_by_field() -> None:
+    obj = {"spec": {"count": "two", "mode": "c", "name": "ABCDEFG", "tags": ["ok", 3]}}
+    _, errors = apply_schema(obj, SCHEMA)
+    assert [(e.field, e.reason) for e in errors] == [
+        ("spec.count", "FieldValueInvalid"),
+        ("spec.mode", "FieldValueNotSupported"),
+        ("spec.name", "FieldValueInvalid"),
+        ("spec.name", "FieldValueInvalid"),
+        ("spec.tags[1]", "FieldValueInvalid"),
+    ]
+    assert 'spec.count in body must be of type integer: "str"' in errors[0].message
+    assert 'supported values: "a", "b"' in errors[1].message
+    _, errors = apply_schema({"spec": {"count": 0}}, SCHEMA)
+    assert [e.message for e in errors] == [
+        "spec.count: Invalid value: 0: spec.count in body should be greater than or equal to 1"
+    ]
+    _, errors = apply_schema({"spec": {}}, SCHEMA)
+    assert [e.message for e in errors] == ["spec.count: Required value"]
