@@ -287,6 +287,13 @@ class ApiServer(kmock.KubernetesEmulator):
                 return False
             return (name is None or meta.get("name") == name) and match(obj)
 
+        def present(event: dict[str, Any]) -> dict[str, Any]:
+            """``kubectl get -w`` asks for Tables: each event then carries a one-row Table."""
+            if not tabular:
+                return event
+            return {**event, "object": as_table(kind, [event["object"]], str(store.revision))}
+
+        tabular = self._wants_table(request)
         loop = asyncio.get_running_loop()
         timeout = params.get("timeoutSeconds")
         deadline = loop.time() + float(timeout) if timeout else None
@@ -299,7 +306,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 since = store.revision
                 for obj in store.list_objects(kind, namespace):
                     if visible(obj):
-                        yield {"type": "ADDED", "object": obj}
+                        yield present({"type": "ADDED", "object": obj})
             else:
                 since = int(since_text) if since_text.isdigit() else -1
                 oldest = store.changes[0].revision if store.changes else store.revision + 1
@@ -312,7 +319,7 @@ class ApiServer(kmock.KubernetesEmulator):
                     since = change.revision
                     event = _event_for(change, kind, visible)
                     if event is not None:
-                        yield event
+                        yield present(event)
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     return

@@ -277,6 +277,8 @@ def table_columns(kind: Kind) -> list[tuple[str, str]]:
         return [("Status", "string"), ("Roles", "string"), ("Age", "string"), ("Version", "string")]
     if kind.plural == "pods" and kind.group == "":
         return [("Status", "string"), ("Node", "string"), ("Age", "string")]
+    if kind.plural == "namespaces" and kind.group == "":
+        return [("Status", "string"), ("Age", "string")]
     return [("Age", "string")]
 
 
@@ -294,6 +296,9 @@ def table_cells(kind: Kind, obj: JSON) -> list[Any]:
         return [name, *_node_columns(obj)]
     if kind.plural == "pods" and kind.group == "":
         return [name, *_pod_columns(obj)]
+    if kind.plural == "namespaces" and kind.group == "":
+        phase = (obj.get("status") or {}).get("phase", "")
+        return [name, phase, human_age((obj.get("metadata") or {}).get("creationTimestamp"))]
     return [name, human_age((obj.get("metadata") or {}).get("creationTimestamp"))]
 
 

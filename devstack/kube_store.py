@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import kmock
 
@@ -69,9 +69,10 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(frozen=True)
-class CordonTransition:
-    """A node became unschedulable (cordon) or schedulable again (uncordon), at ``time.monotonic()``."""
+class CordonTransition(NamedTuple):
+    """A node became unschedulable (cordon) or schedulable again (uncordon), at ``time.monotonic()``.
+
+    A tuple, so ``for node, cordoned, at in kube.cordon_log`` reads naturally in tests."""
 
     node: str
     unschedulable: bool

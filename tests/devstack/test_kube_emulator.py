@@ -428,6 +428,19 @@ async def test_kubectl_apply_and_get_os(kube: KubeEnv, tmp_path: Path) -> None:
     assert await kube.kubectl("get", "os") == ""  # "No resources found" goes to stderr
 
 
+async def test_kubectl_watches_os_status(kube: KubeEnv) -> None:
+    need_kubectl()
+    await create_os(kube, os_resource())
+    watching = asyncio.create_task(kube.kubectl("get", "os", "--watch", "--request-timeout=4s", check=False))
+    await asyncio.sleep(1)
+    args = (GROUP, VERSION, "default", PLURAL, "os-sample")
+    status = {"status": {"phase": "Running", "progress": "1/3"}}
+    await kube.call(kube.custom.patch_namespaced_custom_object_status, *args, status)
+    lines = (await asyncio.wait_for(watching, 30)).splitlines()
+    assert lines[0].split()[:3] == ["NAME", "OSVERSION", "OPSTYPE"]
+    assert lines[-1].split()[:6] == ["os-sample", "KubeOS", "1.0.1", "upgrade", "Running", "1/3"]
+
+
 async def test_kubectl_refuses_the_seed_placeholders(kube: KubeEnv, tmp_path: Path) -> None:
     need_kubectl()
     manifest = tmp_path / "seed.yaml"
