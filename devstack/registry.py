@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from devstack.pki import CertFiles, CertificateAuthority, self_signed_rsa
+from node_worker.images import os_release_text
 from node_worker.registry import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,
@@ -468,13 +469,10 @@ def version_tag(osversion: str) -> str:
 
 def write_kubeos_rootfs(root: Path, osversion: str) -> None:
     """A small KubeOS-like root filesystem whose os-release PRETTY_NAME is ``osversion`` (what kubelet reports)."""
-    version = version_tag(osversion)
     for directory in ("etc", "usr/bin", "usr/lib", "var/lib", "tmp"):
         (root / directory).mkdir(parents=True, exist_ok=True)
     (root / "tmp").chmod(0o1777)
-    (root / "etc/os-release").write_text(
-        f'NAME="KubeOS"\nID=kubeos\nVERSION_ID="{version}"\nPRETTY_NAME="{osversion}"\n'
-    )
+    (root / "etc/os-release").write_text(os_release_text(osversion))  # the same as the disk images
     (root / "etc/hostname").write_text("kubeos\n")
     (root / "usr/lib/kubeos-release").write_text(f"{osversion}\n")
     tool = root / "usr/bin/kubeos-version"
