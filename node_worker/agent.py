@@ -290,7 +290,7 @@ class HostAgent:
         """Container images: the registry pull builds a root filesystem image file, which the same verified
         writer puts into the slot."""
         try:
-            from node_worker import oci_rootfs, registry
+            from node_worker import oci_rootfs
         except ImportError as exc:
             raise HostError(
                 HostErrorType.CONTAINER_IMAGE_UNAVAILABLE,
@@ -298,16 +298,14 @@ class HostAgent:
             ) from exc
         emit = self._reporter(report, slot, source.checksum, source.dockerimage, self.boot_id())
         self.log.info(f"building the root filesystem of {source.dockerimage} for {slot.describe()}")
-        try:
-            built = oci_rootfs.build_rootfs_image(
-                source,
-                staging_dir=Path(self.config.staging_dir),
-                slot_size=slot.size,
-                certs_dir=Path(self.config.certs_dir),
-                progress=lambda phase, done, total: emit(phase, done, total, 0),
-            )
-        except registry.ContainerImageError as exc:
-            raise _container_error(exc) from exc
+        # Its failures are HostErrors already, each with the activity error type (registry.ContainerImageError).
+        built = oci_rootfs.build_rootfs_image(
+            source,
+            staging_dir=Path(self.config.staging_dir),
+            slot_size=slot.size,
+            certs_dir=Path(self.config.certs_dir),
+            progress=lambda phase, done, total: emit(phase, done, total, 0),
+        )
         with built:
             sha, size = write_stream(
                 slot,
@@ -436,20 +434,3 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as f:
         while data := f.read(CHUNK):
             yield data
-
-
-def _container_error(exc: Exception) -> HostError:
-    """Map the registry's typed failures onto the activity error types."""
-    from node_worker import oci_rootfs, registry
-
-    if getattr(exc, "retryable", False):
-        kind = HostErrorType.DOWNLOAD_RETRY
-    elif isinstance(exc, registry.DigestMismatch):
-        kind = HostErrorType.CHECKSUM_MISMATCH
-    elif isinstance(exc, registry.RegistryTLSError):
-        kind = HostErrorType.CERTIFICATE
-    elif isinstance(exc, oci_rootfs.InsufficientSpace):
-        kind = HostErrorType.NO_SPACE
-    else:
-        kind = HostErrorType.CONTAINER_IMAGE
-    return HostError(kind, str(exc))
