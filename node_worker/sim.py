@@ -155,11 +155,8 @@ def sim_config(paths: SimPaths, parts: dict[SlotName, dict[str, str | int]]) -> 
 
 def write_boot_files(paths: SimPaths, config: HostConfig, slot: SlotName) -> str:
     """What a boot of ``slot`` leaves behind: the kernel command line and a new boot id (returned)."""
-    root = (
-        f"PARTLABEL={config.slots[slot].partlabel}"
-        if config.slots[slot].partlabel
-        else (f"PARTUUID={config.slots[slot].partuuid}")
-    )
+    sc = config.slots[slot]
+    root = f"PARTLABEL={sc.partlabel}" if sc.partlabel else f"PARTUUID={sc.partuuid}"
     _write_atomic(paths.cmdline, f"BOOT_IMAGE=/boot/vmlinuz root={root} ro panic=10\n")
     new_id = str(uuid.uuid4())
     _write_atomic(paths.boot_id, new_id + "\n")
