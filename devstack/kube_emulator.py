@@ -221,6 +221,8 @@ class ApiServer(kmock.KubernetesEmulator):
                     kind, namespace, params.get("labelSelector", ""), params.get("fieldSelector", "")
                 )
                 return self._reply(self._listing(request, kind, items))
+            if path.subresource not in (None, "status"):
+                raise api_error(404, "NotFound", f"{kind.plural}/{path.subresource} is not served", kind)
             obj = store.get(kind, namespace, path.name)
             return self._reply(self._listing(request, kind, [obj]) if self._wants_table(request) else obj)
         if method == "POST" and path.subresource == "eviction" and kind.plural == "pods" and kind.group == "":
@@ -229,10 +231,11 @@ class ApiServer(kmock.KubernetesEmulator):
         if method == "POST" and path.name is None:
             return self._reply(store.create(kind, namespace, request.data, dry_run), 201)
         if method == "PUT" and path.name is not None:
-            return self._reply(store.replace(kind, namespace, path.name, request.data, path.subresource))
+            return self._reply(store.replace(kind, namespace, path.name, request.data, path.subresource, dry_run))
         if method == "PATCH" and path.name is not None:
             content_type = _header(request, "Content-Type")
-            return self._reply(store.patch(kind, namespace, path.name, request.data, content_type, path.subresource))
+            patched = store.patch(kind, namespace, path.name, request.data, content_type, path.subresource, dry_run)
+            return self._reply(patched)
         if method == "DELETE" and path.name is not None and path.subresource is None:
             options = request.data if isinstance(request.data, dict) else {}
             if dry_run:

@@ -293,7 +293,7 @@ class Store:
             # Kept if given: the emulator has no kubelet for pods, so tests and the demo create pods Running.
             obj.setdefault("status", {"phase": "Pending"})
 
-    def _finish_update(self, kind: Kind, old: JSON, new: JSON, subresource: str | None) -> JSON:
+    def _finish_update(self, kind: Kind, old: JSON, new: JSON, subresource: str | None, dry_run: bool) -> JSON:
         """The rules of an update, shared by PUT and PATCH: identity, status split, generation, finalizers."""
         old_meta, meta = _meta(old), new.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -308,7 +308,7 @@ class Store:
                 kind,
                 old_meta["name"],
             )
-        if subresource == "status":
+        if subresource == "status" and kind.status_subresource:
             # Only status changes through /status; everything else stays as stored.
             new = {**_without(old, "status"), **({"status": new["status"]} if "status" in new else {})}
             meta = new["metadata"] = copy.deepcopy(old_meta)
@@ -332,21 +332,32 @@ class Store:
             return copy.deepcopy(old)  # a no-op write changes nothing, not even the resourceVersion
         if _without(new, "metadata", "status") != _without(old, "metadata", "status"):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        if dry_run:
+            return new
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self._commit(kind, "MODIFIED", old, new)
             return self._commit(kind, "DELETED", new, copy.deepcopy(new))
         return self._commit(kind, "MODIFIED", old, new)
 
-    def replace(self, kind: Kind, namespace: str | None, name: str, body: Any, subresource: str | None) -> JSON:
+    def replace(
+        self, kind: Kind, namespace: str | None, name: str, body: Any, subresource: str | None, dry_run: bool = False
+    ) -> JSON:
         old = self._current(kind, namespace, name)
         if old is None:
             raise not_found(kind, name)
         new = self._check_identity(kind, copy.deepcopy(body), namespace, name)
         new["metadata"]["name"] = name
-        return self._finish_update(kind, copy.deepcopy(old), new, subresource)
+        return self._finish_update(kind, copy.deepcopy(old), new, subresource, dry_run)
 
     def patch(
-        self, kind: Kind, namespace: str | None, name: str, patch: Any, content_type: str, subresource: str | None
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        content_type: str,
+        subresource: str | None,
+        dry_run: bool = False,
     ) -> JSON:
         apply = PATCH_TYPES.get(content_type.split(";")[0].strip())
         if apply is None:
@@ -368,7 +379,7 @@ class Store:
         patched_version = _meta(new).get("resourceVersion")
         if patched_version == _meta(old).get("resourceVersion"):
             _meta(new).pop("resourceVersion", None)  # unchanged by the patch: not a precondition
-        return self._finish_update(kind, copy.deepcopy(old), new, subresource)
+        return self._finish_update(kind, copy.deepcopy(old), new, subresource, dry_run)
 
     def delete(self, kind: Kind, namespace: str | None, name: str, options: Any = None) -> JSON:
         old = self._current(kind, namespace, name)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client, watch
@@ -229,6 +230,23 @@ async def test_custom_resources_follow_the_crd_schema(kube: KubeEnv) -> None:
         kube.custom.patch_namespaced_custom_object_status, *args, {"status": {"phase": "Running", "bogus": 1}}
     )
     assert patched["status"] == {"phase": "Running"}
+
+
+async def test_dry_run_writes_nothing_and_status_needs_the_subresource(kube: KubeEnv) -> None:
+    await kube.add_node("n1")
+    dry = await kube.call(kube.core.patch_node, "n1", {"metadata": {"labels": {"x": "y"}}}, dry_run="All")
+    assert dry.metadata.labels["x"] == "y"
+    assert "x" not in (await kube.call(kube.core.read_node, "n1")).metadata.labels
+    await kube.call(kube.core.create_namespaced_config_map, "default", {"metadata": {"name": "c"}}, dry_run="All")
+    assert (await kube.call(kube.core.list_namespaced_config_map, "default")).items == []
+    await kube.call(kube.core.create_namespaced_config_map, "default", {"metadata": {"name": "c"}})
+    async with httpx.AsyncClient(base_url=kube.emulator.url) as http:  # config maps have no /status
+        answer = await http.patch(
+            "/api/v1/namespaces/default/configmaps/c/status",
+            json={"data": {"a": "b"}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+    assert answer.status_code == 404
 
 
 async def test_finalizers_hold_deletion(kube: KubeEnv) -> None:
