@@ -9,7 +9,7 @@ activity            input               output            notes
 ``get_node``        NodeRef             NodeInfo          NodeNotFound
 ``cordon_node``     NodeRef             NodeInfo          idempotent; NodeNotFound
 ``uncordon_node``   NodeRef             NodeInfo          idempotent; NodeNotFound
-``drain_node``      DrainInput          DrainResult       heartbeats; DrainTimeout (names the blocked pods)
+``drain_node``      DrainInput          DrainResult       heartbeats; DrainTimeout (names the pods); NodeNotFound
 ``wait_node_ready`` WaitNodeInput       NodeInfo          heartbeats; NodeNotReady at the timeout
 ``record_event``    EventInput          EventResult       a core/v1 Event about any object
 ==================  ==================  ================  ================================================
@@ -274,6 +274,7 @@ def _still_there(pod: _Pod) -> bool:
 def drain_node(params: DrainInput) -> DrainResult:
     """Evict every pod of the node but DaemonSet and mirror pods, honouring PodDisruptionBudgets."""
     deadline = time.monotonic() + params.timeout_seconds
+    _node_call(params.node, "get", lambda: _core().read_node(params.node))  # a typo must not "drain" nothing
     listing = _api_call(
         f"list pods of node {params.node}",
         lambda: _core().list_pod_for_all_namespaces(field_selector=f"spec.nodeName={params.node}"),

@@ -107,6 +107,9 @@ async def test_get_node_and_missing_node(kube: KubeEnv) -> None:
         with pytest.raises(ApplicationError) as missing:
             await run(activity, NodeRef(node="nope"))
         assert missing.value.type == "NodeNotFound" and missing.value.non_retryable
+    with pytest.raises(ApplicationError) as missing:
+        await run(cluster.drain_node, DrainInput(node="nope"))
+    assert missing.value.type == "NodeNotFound"
 
 
 async def test_cordon_and_uncordon_are_idempotent(kube: KubeEnv) -> None:
