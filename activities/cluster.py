@@ -9,7 +9,7 @@ activity            input               output            notes
 ``get_node``        NodeRef             NodeInfo          NodeNotFound
 ``cordon_node``     NodeRef             NodeInfo          idempotent; NodeNotFound
 ``uncordon_node``   NodeRef             NodeInfo          idempotent; NodeNotFound
-``drain_node``      DrainInput          DrainResult       heartbeats; DrainTimeout (names the pods); NodeNotFound
+``drain_node``      DrainInput          DrainResult       heartbeats; DrainTimeout, NodeNotFound
 ``wait_node_ready`` WaitNodeInput       NodeInfo          heartbeats; NodeNotReady at the timeout
 ``record_event``    EventInput          EventResult       a core/v1 Event about any object
 ==================  ==================  ================  ================================================
@@ -25,7 +25,8 @@ and mirror (static) pods are left alone, as their controllers would recreate the
 (429) is retried with backoff until the drain timeout; with ``force`` (the OS spec's ``evictpodforce``) the
 pod is deleted instead. The drain ends when every evicted pod is gone.
 
-The activities are synchronous (the client is) and run on the worker's thread pool.
+The activities are synchronous (the client is) and run on the worker's thread pool. Which cluster they talk
+to is decided once per process by ``activities.kube`` (``use_kubeconfig``, else KUBECONFIG, else in-cluster).
 """
 
 from __future__ import annotations
