@@ -372,7 +372,7 @@ async def test_watch_custom_resources_and_resume(kube: KubeEnv) -> None:
     list_os = kube.custom.list_namespaced_custom_object
     where = {"group": GROUP, "version": VERSION, "namespace": "default", "plural": PLURAL}
     watcher = asyncio.create_task(kube.call(collect, list_os, 3, **where))
-    await asyncio.sleep(0.3)  # let the watch start; events before it would arrive as ADDED anyway
+    await kube.watching()
     created = await create_os(kube, os_resource())
     args = (GROUP, VERSION, "default", PLURAL, "os-sample")
     await kube.call(kube.custom.patch_namespaced_custom_object_status, *args, {"status": {"phase": "Running"}})
@@ -391,7 +391,7 @@ async def test_watch_with_selector_sees_objects_leave(kube: KubeEnv) -> None:
     await kube.add_node("n1", {"pool": "edge"})
     list_nodes = kube.core.list_node
     watcher = asyncio.create_task(kube.call(collect, list_nodes, 2, label_selector="pool=edge"))
-    await asyncio.sleep(0.3)
+    await kube.watching()
     await kube.call(kube.core.patch_node, "n1", {"metadata": {"labels": {"pool": "core"}}})
     events = await asyncio.wait_for(watcher, 30)
     assert [(t, o.metadata.name) for t, o in events] == [("ADDED", "n1"), ("DELETED", "n1")]
@@ -450,7 +450,7 @@ async def test_kubectl_watches_os_status(kube: KubeEnv) -> None:
     need_kubectl()
     await create_os(kube, os_resource())
     watching = asyncio.create_task(kube.kubectl("get", "os", "--watch", "--request-timeout=4s", check=False))
-    await asyncio.sleep(1)
+    await kube.watching()
     args = (GROUP, VERSION, "default", PLURAL, "os-sample")
     status = {"status": {"phase": "Running", "progress": "1/3"}}
     await kube.call(kube.custom.patch_namespaced_custom_object_status, *args, status)
@@ -536,7 +536,8 @@ async def test_stop_ends_open_watches(tmp_path: Path) -> None:
     try:
         core = client.CoreV1Api(api)
         watcher = asyncio.create_task(asyncio.to_thread(collect, core.list_node, 5))
-        await asyncio.sleep(0.3)
+        while not emulator.store.listeners:
+            await asyncio.sleep(0.05)
         await asyncio.wait_for(emulator.stop(), 10)
         assert await asyncio.wait_for(watcher, 30) == []
     finally:

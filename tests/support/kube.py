@@ -72,6 +72,14 @@ class KubeEnv:
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def watching(self, count: int = 1) -> None:
+        """Wait until ``count`` watches are open on the emulator (bounded: 30 s), so no event is missed."""
+        for _ in range(600):
+            if len(self.emulator.store.listeners) >= count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"fewer than {count} watches opened")
+
     async def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         """Run the real kubectl against the emulator; returns stdout (stderr is appended on failure)."""
         proc = await asyncio.create_subprocess_exec(
