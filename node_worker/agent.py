@@ -184,7 +184,7 @@ class HostAgent:
             return HostPreflightOutput(status=status, target_slot=target, already_staged=False)
         self._check_source(source)
         staged = status.slots[target].staged_checksum
-        already = source.imagetype == "disk" and bool(staged) and staged == source.checksum.lower()
+        already = source.imagetype == "disk" and bool(staged) and staged == _normalise_checksum(source.checksum)
         self.log.info(
             f"preflight ok: booted slot {status.booted_slot}, {source.imagetype} image for {target}"
             f" ({source.osversion or 'no osversion'})"
