@@ -25,7 +25,7 @@ from models.host import (
 from node_worker import http_source
 from tests.node_worker import conftest as host_fixtures
 from tests.node_worker.conftest import NEW, OLD, Image, SimHost, disk_source
-from tests.support.image_server import Fault, ImageServer
+from devstack.image_server import Fault, ImageServer
 
 # The simulated host, image and HTTPS server fixtures of the host tests (tests/node_worker/conftest.py).
 pki = host_fixtures.pki

@@ -15,7 +15,7 @@ from node_worker.agent import HostAgent
 from node_worker.config import load_host_config
 from node_worker.images import build_os_image
 from node_worker.sim import SimPaths, create_sim_host, write_boot_files
-from tests.support.image_server import ImageServer
+from devstack.image_server import ImageServer
 
 MIB = 1024 * 1024
 SLOT_SIZE = 24 * MIB

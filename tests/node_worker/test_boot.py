@@ -17,7 +17,7 @@ from node_worker.errors import HostError
 from node_worker.machine import BootFailed, boot
 from node_worker.nodelog import NodeLog
 from tests.node_worker.conftest import NEW, OLD, Image, SimHost, disk_source, make_sim_host
-from tests.support.image_server import ImageServer
+from devstack.image_server import ImageServer
 
 
 def _staged(host: SimHost, server: ImageServer, image: Image) -> str:

@@ -22,7 +22,7 @@ from node_worker.osrelease import read_slot_os_release
 from node_worker.sim import SimPaths
 from node_worker.slots import Slot
 from tests.node_worker.conftest import CA_NAME, NEW, Image, Pki, SimHost, disk_source, make_sim_host
-from tests.support.image_server import ImageServer
+from devstack.image_server import ImageServer
 from tests.support.nginx import free_port
 
 KUBEOS_ROLLOUT = str(Path(sys.executable).parent / "kubeos-rollout")

@@ -27,7 +27,7 @@ from tests.node_worker.conftest import (
     disk_source,
 )
 from tests.support.certs import issue_with_validity
-from tests.support.image_server import Fault, ImageServer
+from devstack.image_server import Fault, ImageServer
 
 MIB = 1024 * 1024
 

@@ -39,7 +39,7 @@ from models.host import (
     node_task_queue,
 )
 from tests.node_worker.conftest import NEW, Image, Pki, SimHost, disk_source, make_sim_host
-from tests.support.image_server import ImageServer
+from devstack.image_server import ImageServer
 
 NODE = "e2e-node"
 QUICK = timedelta(seconds=60)

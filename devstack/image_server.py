@@ -1,4 +1,4 @@
-"""An image server for tests: serves files from a directory over HTTP or HTTPS on 127.0.0.1 (a free port).
+"""An image server on 127.0.0.1 (a free port), HTTP or HTTPS, for the dev stack and the tests.
 
 It speaks enough HTTP for the download path: ``Content-Length``, ``Accept-Ranges``, ``Range: bytes=N-``,
 ``If-Range`` with a strong ETag, and chunked transfer for files served without a length. Faults for the tests are
@@ -119,7 +119,7 @@ class _Server(http.server.ThreadingHTTPServer):
     owner: ImageServer
 
     def handle_error(self, request: object, client_address: object) -> None:
-        pass  # clients that hang up (on purpose, in these tests) are not errors of the server
+        pass  # clients that hang up (on purpose, in fault tests) are not errors of the server
 
 
 class ImageServer:
@@ -156,13 +156,19 @@ class ImageServer:
     def gets(self, name: str) -> list[Request]:
         return [r for r in self.requests if r.method == "GET" and r.path == "/" + name]
 
-    def __enter__(self) -> ImageServer:
+    def start(self) -> ImageServer:
         self._thread.start()
         return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> ImageServer:
+        return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self.stop()
