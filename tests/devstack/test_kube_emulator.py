@@ -214,6 +214,15 @@ async def test_custom_resource_status_is_separate_and_generation_follows_spec(ku
     replaced = await kube.call(kube.custom.replace_namespaced_custom_object, *args, {**status_only, "status": {}})
     assert replaced["status"] == {"phase": "Done"}
 
+    with pytest.raises(ApiException) as strategic:  # no merge keys without Go types: refused, as by a cluster
+        await kube.call(
+            kube.custom.patch_namespaced_custom_object,
+            *args,
+            {"spec": {"maxunavailable": 3}},
+            _content_type="application/strategic-merge-patch+json",
+        )
+    assert strategic.value.status == 415
+
 
 async def test_custom_resources_follow_the_crd_schema(kube: KubeEnv) -> None:
     with pytest.raises(ApiException) as invalid:
