@@ -440,7 +440,10 @@ class KubeEmulator:
     def write_kubeconfig(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.kubeconfig(), sort_keys=False), encoding="utf-8")
+        # Written aside and renamed: processes waiting for the file never read half of it.
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(yaml.safe_dump(self.kubeconfig(), sort_keys=False), encoding="utf-8")
+        partial.replace(path)
         return path
 
     @property
