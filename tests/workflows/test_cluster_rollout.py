@@ -10,6 +10,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
+from devstack.fake_fleet import FakeFleet, FakeNode
 from models.rollout import (
     ROLLOUT_WORKFLOW,
     NodeState,
@@ -18,7 +19,6 @@ from models.rollout import (
     SetMaxUnavailableInput,
 )
 from tests.conftest import start_dev_server
-from tests.workflows.fake_fleet import FakeFleet, FakeNode
 
 OLD, NEW = "KubeOS 1.0.0", "KubeOS 1.0.1"
 CHECKSUM = "ab" * 32

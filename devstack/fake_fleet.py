@@ -3,6 +3,9 @@
 Each fake node has two slots, a GRUB environment (saved/next entry) and a boot id, and behaves like the real host
 library would: a trial boot of a slot whose image is "broken" falls back to the saved entry. The end-to-end
 tests (tests/e2e) run the same workflows against the real node worker, simulated disks and the API emulator.
+
+Shared by the workflow tests (tests/workflows) and the rollout benchmarks (bench/), which is why it lives here
+and not under tests/.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 from models.cluster import (
     DrainInput,
@@ -58,7 +62,7 @@ from models.rollout import CLUSTER_TASK_QUEUE, RolloutSettings
 from workflows.cluster_rollout import ClusterRollout
 from workflows.node_upgrade import NodeUpgrade
 
-STEP = 0.02  # seconds a fake host step takes, so that nodes overlap as real ones do
+STEP = 0.02  # default seconds a fake drain or stage takes, so that nodes overlap as real ones do
 
 
 @dataclass
@@ -81,6 +85,8 @@ class FakeNode:
     #: The host never comes back after a reboot.
     hangs: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    #: Extra seconds this node's stage takes: the node's own duration (download, write) in makespan benchmarks.
+    work_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.slots = self.slots or {"A": self.version, "B": None}
@@ -109,8 +115,11 @@ class FakeNode:
 
 
 class FakeFleet:
-    def __init__(self, nodes: list[FakeNode]) -> None:
+    """``step``: seconds every drain and stage takes on top of a node's ``work_seconds`` (0: instant nodes)."""
+
+    def __init__(self, nodes: list[FakeNode], step: float = STEP) -> None:
         self.nodes = {n.name: n for n in nodes}
+        self.step = step
         #: (node, cordoned, monotonic time) for every cordon change, as the API emulator records them.
         self.cordon_log: list[tuple[str, bool, float]] = []
         self.started: list[str] = []  # nodes in the order their preflight ran
@@ -172,10 +181,12 @@ class FakeFleet:
 
     @activity.defn(name="drain_node")
     async def drain_node(self, params: DrainInput) -> DrainResult:
-        await asyncio.sleep(STEP)
+        await asyncio.sleep(self.step)
         if self.nodes[params.node].drain_blocked:
             raise ApplicationError(
-                "drain of node timed out: default/db-0 (PodDisruptionBudget db)", type="DrainTimeout", non_retryable=True
+                "drain of node timed out: default/db-0 (PodDisruptionBudget db)",
+                type="DrainTimeout",
+                non_retryable=True,
             )
         return DrainResult(evicted=[f"default/app-{params.node}"])
 
@@ -196,7 +207,7 @@ class FakeFleet:
     async def record_event(self, params: EventInput) -> EventResult:
         return EventResult(name="event", namespace=params.namespace)
 
-    def cluster_activities(self) -> list[object]:
+    def cluster_activities(self) -> list[Callable[..., Any]]:
         return [
             self.rollout_settings,
             self.list_nodes,
@@ -209,8 +220,15 @@ class FakeFleet:
         ]
 
     @contextlib.asynccontextmanager
-    async def workers(self, client: Client, task_queue: str = CLUSTER_TASK_QUEUE) -> AsyncIterator[None]:
-        """The cluster worker (real workflows, fake activities) and one fake host worker per node."""
+    async def workers(
+        self, client: Client, task_queue: str = CLUSTER_TASK_QUEUE, node_pollers: int = 5
+    ) -> AsyncIterator[None]:
+        """The cluster worker (real workflows, fake activities) and one fake host worker per node.
+
+        A Temporal worker serves one task queue, so each node needs its own; ``node_pollers`` caps each one's
+        concurrent polls (5 is the SDK's default; a thousand fake nodes in one process need only 1).
+        """
+        polls = PollerBehaviorSimpleMaximum(node_pollers)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(
                 Worker(
@@ -223,7 +241,12 @@ class FakeFleet:
             for node in self.nodes.values():
                 host = FakeHost(node, self)
                 await stack.enter_async_context(
-                    Worker(client, task_queue=node_task_queue(node.name), activities=host.activities())
+                    Worker(
+                        client,
+                        task_queue=node_task_queue(node.name),
+                        activities=host.activities(),
+                        activity_task_poller_behavior=polls,
+                    )
                 )
             yield
 
@@ -243,7 +266,7 @@ class FakeHost:
 
     @activity.defn(name="host_stage")
     async def host_stage(self, params: HostStageInput) -> HostStageOutput:
-        await asyncio.sleep(STEP)
+        await asyncio.sleep(self.fleet.step + self.node.work_seconds)
         slot = other_slot(self.node.booted)
         self.node.slots[slot] = params.source.osversion
         return HostStageOutput(
@@ -310,7 +333,7 @@ class FakeHost:
             grubenv={"saved_entry": params.slot},
         )
 
-    def activities(self) -> list[object]:
+    def activities(self) -> list[Callable[..., Any]]:
         return [
             self.host_preflight,
             self.host_stage,
