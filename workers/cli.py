@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ _COMMAND_MODULES = (
     "workers.rollout_cmd",
     "workers.cluster_worker",
     "workers.bridge",
+    "workers.codec_server",
     "node_worker.cli",
     "devstack.cli",
 )
@@ -30,8 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:  # DEV-ONLY: areas still being written
-            continue
         importlib.import_module(name).register(sub)
     return parser
 
