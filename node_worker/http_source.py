@@ -18,6 +18,7 @@ from models.host import HostErrorType, ImageSource
 from node_worker.errors import HostError
 from node_worker.nodelog import NodeLog
 from node_worker.slots import CHUNK, ByteProgress
+from node_worker.tls import ssl_error_in
 from node_worker.writer import SlotWriter
 
 # Consecutive failed requests (no byte gained) before the attempt gives up; the activity's retry then resumes.
@@ -55,15 +56,6 @@ def check_url_policy(source: ImageSource, log: NodeLog) -> str:
 def _status_error(url: str, status: int) -> HostError:
     kind = HostErrorType.DOWNLOAD_FAILED if 400 <= status < 500 else HostErrorType.DOWNLOAD_RETRY
     return HostError(kind, f"Failed to download upgrade image from {url}, status: {status}")
-
-
-def _is_tls_verification_error(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class _Response:
@@ -154,7 +146,7 @@ def download_into(
                     return total if total is not None else writer.position
                 problem = f"connection closed at byte {writer.position} of {total}"
             except httpx.TransportError as exc:
-                if _is_tls_verification_error(exc):
+                if ssl_error_in(exc, ssl.SSLCertVerificationError) is not None:
                     raise HostError(
                         HostErrorType.CERTIFICATE, f"TLS verification of {url} failed with cacert: {exc}"
                     ) from exc

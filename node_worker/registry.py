@@ -37,6 +37,7 @@ import httpx
 
 from models.host import HostErrorType
 from node_worker.errors import HostError
+from node_worker.tls import ssl_error_in
 
 CHUNK_SIZE = 1024 * 1024
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -333,15 +334,6 @@ def _error_codes(response: httpx.Response) -> str:
         return response.reason_phrase
 
 
-def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 Content = bytes | Path | None
 
 
@@ -435,7 +427,7 @@ class RegistryClient:
         return response
 
     def _transport_error(self, exc: httpx.TransportError) -> ContainerImageError:
-        cause = _ssl_cause(exc)
+        cause = ssl_error_in(exc, ssl.SSLError)
         if cause is not None:
             return RegistryTLSError(f"TLS with registry {self.base_url} failed: {cause}")
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):

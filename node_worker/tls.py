@@ -10,12 +10,15 @@ import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from models.host import HostErrorType, ImageSource
 from node_worker.errors import HostError
+
+_SslErrorT = TypeVar("_SslErrorT", bound=ssl.SSLError)
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,16 @@ def ssl_context(files: TlsFiles) -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as exc:
         raise _cert_error(f"cannot use the certificates for TLS: {exc}") from exc
     return ctx
+
+
+def ssl_error_in(exc: BaseException, kind: type[_SslErrorT]) -> _SslErrorT | None:
+    """The first ``kind`` in ``exc``'s chain of causes: httpx wraps TLS failures in its own transport errors,
+    and only the underlying ``ssl`` error tells a trust problem (not retryable) from a network one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
