@@ -20,6 +20,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from models.cluster import ListNodesInput, ListNodesResult
@@ -260,6 +261,8 @@ class ClusterRollout:
                 NodeUpgradeInput(node=entry.name, mode=mode, spec=state.spec, target_version=target),
                 id=child_id,
                 result_type=NodeUpgradeResult,
+                # Cancelling the rollout asks each running node to put its host back, rather than killing it.
+                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
                 static_summary=f"{verb} {entry.name} to {target}",
                 static_details=f"Part of rollout `{state.workflow_id}` ({state.spec.summary()}).",
             )

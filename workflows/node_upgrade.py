@@ -18,12 +18,13 @@ rollout) skips staging and boots the other slot, which must already hold the tar
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
@@ -84,11 +85,26 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+async def _cancellable(activity: str, arg: BaseModel, **options: Any) -> Any:
+    """Run an activity; if it ends because this workflow is being cancelled, raise ``asyncio.CancelledError``
+    (not the ``ActivityError`` Temporal reports) so cancellation is told apart from a failing step."""
+    try:
+        return await workflow.execute_activity(activity, arg, **options)
+    except ActivityError as exc:
+        if isinstance(exc.cause, CancelledError):
+            raise asyncio.CancelledError() from exc
+        raise
+
+
 @workflow.defn(name=NODE_WORKFLOW)
 class NodeUpgrade:
     def __init__(self) -> None:
         self._step = "starting"
         self._input: NodeUpgradeInput | None = None
+        #: The GRUB environment may differ from what the host ran before (trial boot asked for) ...
+        self._boot_touched = False
+        #: ... until the new slot is the saved entry.
+        self._committed = False
 
     @workflow.query
     def step(self) -> str:
@@ -121,7 +137,7 @@ class NodeUpgrade:
         """Run a host activity on the node's own queue. The wait for the node's worker to pick it up is bounded:
         a host that is down (or never came back from a reboot) surfaces as a schedule-to-start timeout."""
         self._step = summary
-        result: T = await workflow.execute_activity(
+        result: T = await _cancellable(
             activity,
             arg,
             result_type=result_type,
@@ -147,7 +163,7 @@ class NodeUpgrade:
     ) -> T:
         """Run a Kubernetes activity on the cluster worker (the workflow's own queue)."""
         self._step = summary
-        result: T = await workflow.execute_activity(
+        result: T = await _cancellable(
             activity,
             arg,
             result_type=result_type,
@@ -199,6 +215,12 @@ class NodeUpgrade:
         await self._cluster("cordon_node", NodeRef(node=inp.node), NodeInfo, summary="cordon")
         try:
             return await self._switch(old_slot, target_slot, checksum, from_version)
+        except asyncio.CancelledError:
+            # The rollout was cancelled mid-node: leave the host on the slot it ran before, then re-raise so the
+            # run ends as cancelled. Activities started here are not cancelled themselves.
+            if self._boot_touched and not self._committed:
+                await self._restore(old_slot, reboot_if_needed=True)
+            raise
         finally:
             # Whatever happened after the cordon, the node goes back into service: either on the new slot, or on
             # the old one it never left (or was returned to).
@@ -255,6 +277,7 @@ class NodeUpgrade:
         except ActivityError as exc:
             raise NodeFailed(f"drain: {_reason(exc)}; the node was not rebooted") from exc
 
+        self._boot_touched = True
         try:
             await self._host(
                 "host_trial_boot",
@@ -321,6 +344,7 @@ class NodeUpgrade:
             HostCommitOutput,
             summary=f"commit slot {target_slot}",
         )
+        self._committed = True
         self._step = "done"
         return NodeUpgradeResult(
             node=inp.node,

@@ -239,3 +239,22 @@ async def test_continue_as_new_keeps_histories_small() -> None:
         assert nodes.max_cordoned_at_once() <= 2
     finally:
         await env.shutdown()
+
+
+async def test_cancelling_a_rollout_puts_the_running_node_back(temporal_env: WorkflowEnvironment) -> None:
+    nodes = fleet(1, hangs=True)  # the host never comes back from its trial reboot: the node is mid-gate
+    node = next(iter(nodes.nodes.values()))
+    async with nodes.workers(temporal_env.client):
+        handle = await start(temporal_env.client, disk_spec(boottimeout=300))
+        for _ in range(300):  # bounded: the reboot happens within a few seconds
+            if node.reboots:
+                break
+            await asyncio.sleep(0.1)
+        assert node.reboots == 1 and node.next_entry == "B"
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        child = temporal_env.client.get_workflow_handle(f"{handle.id}/{node.name}")
+        with pytest.raises(WorkflowFailureError):
+            await child.result()  # ends cancelled, after putting the host back
+    assert node.saved == "A" and node.next_entry is None and not node.cordoned
