@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import tarfile
@@ -39,6 +38,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from devstack.net import free_port
 from devstack.pki import CertFiles, CertificateAuthority, self_signed_rsa
 from node_worker.images import os_release_text
 from node_worker.registry import (
@@ -61,13 +61,6 @@ OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 _START_POLLS = 200  # x 0.05 s: the registry is up in well under a second
 _CHUNK = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- token auth ---------------------------------------------------------------------------------------------

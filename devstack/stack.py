@@ -29,8 +29,9 @@ import yaml
 
 from devstack.image_server import ImageServer
 from devstack.kubelet import Kubelet
+from devstack.net import free_port
 from devstack.pki import CertificateAuthority
-from devstack.registry import PushedImage, RegistryServer, free_port
+from devstack.registry import PushedImage, RegistryServer
 from models.os_resource import API_VERSION, KIND
 from models.rollout import SEARCH_ATTRIBUTES
 from node_worker.images import build_os_image

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from devstack.image_server import ImageServer
 from devstack.pki import CertFiles, CertificateAuthority
 from models.host import HostConfig, ImageSource, SlotName
 from node_worker.agent import HostAgent
 from node_worker.config import load_host_config
 from node_worker.images import build_os_image
 from node_worker.sim import SimPaths, create_sim_host, write_boot_files
-from devstack.image_server import ImageServer
 
 MIB = 1024 * 1024
 SLOT_SIZE = 24 * MIB

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from devstack.image_server import ImageServer
 from models.host import HostConfig, HostErrorType, SlotConfig
 from node_worker import boot as bootmod
 from node_worker.errors import HostError
 from node_worker.machine import BootFailed, boot
 from node_worker.nodelog import NodeLog
 from tests.node_worker.conftest import NEW, OLD, Image, SimHost, disk_source, make_sim_host
-from devstack.image_server import ImageServer
 
 
 def _staged(host: SimHost, server: ImageServer, image: Image) -> str:

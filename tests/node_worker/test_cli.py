@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devstack.image_server import ImageServer
+from devstack.net import free_port
 from models.host import SimMachineState
 from node_worker.agent import HostAgent
 from node_worker.config import load_host_config
@@ -22,8 +24,6 @@ from node_worker.osrelease import read_slot_os_release
 from node_worker.sim import SimPaths
 from node_worker.slots import Slot
 from tests.node_worker.conftest import CA_NAME, NEW, Image, Pki, SimHost, disk_source, make_sim_host
-from devstack.image_server import ImageServer
-from tests.support.nginx import free_port
 
 KUBEOS_ROLLOUT = str(Path(sys.executable).parent / "kubeos-rollout")
 HOST_CLI = [sys.executable, "-m", "node_worker.cli"]

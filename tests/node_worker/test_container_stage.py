@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devstack.registry import RegistryServer, free_port
+from devstack.net import free_port
+from devstack.registry import RegistryServer
 from models.host import HostErrorType, ImageSource
 from node_worker.errors import HostError
 from node_worker.oci_rootfs import WORKDIR_NAME

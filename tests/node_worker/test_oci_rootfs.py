@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from devstack.net import free_port
 from devstack.registry import (
     LayerBlob,
     PushedImage,
     RegistryServer,
-    free_port,
     layer_from_tar,
     push_image,
     push_index,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack.net import free_port
 from devstack.registry import (
     PushedImage,
     RegistryServer,
-    free_port,
     make_layer,
     push_image,
     push_index,

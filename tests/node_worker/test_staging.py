@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.image_server import Fault, ImageServer
 from models.host import HostErrorType, StageProgress
 from node_worker import http_source
 from node_worker.errors import HostError
@@ -27,7 +28,6 @@ from tests.node_worker.conftest import (
     disk_source,
 )
 from tests.support.certs import issue_with_validity
-from devstack.image_server import Fault, ImageServer
 
 MIB = 1024 * 1024
 

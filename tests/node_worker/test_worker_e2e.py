@@ -19,6 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from devstack.image_server import ImageServer
 from models.host import (
     HostAwaitRebootInput,
     HostAwaitRebootOutput,
@@ -39,7 +40,6 @@ from models.host import (
     node_task_queue,
 )
 from tests.node_worker.conftest import NEW, Image, Pki, SimHost, disk_source, make_sim_host
-from devstack.image_server import ImageServer
 
 NODE = "e2e-node"
 QUICK = timedelta(seconds=60)
