@@ -1,6 +1,7 @@
 """A kubelet stand-in for simulated hosts: it keeps one Node object in step with a simulated machine.
 
-The simulated machine (``devstack``'s host simulation) writes ``DIR/machine.json``::
+The simulated machine (``host sim-run``, ``node_worker.machine``) keeps ``DIR/machine.json`` (the model is
+``models.host.SimMachineState``; ``node_worker.sim`` reads and writes it)::
 
     {"running": true, "booted_slot": "A", "pretty_name": "KubeOS 1.0.0", "boot_id": "...", "boots": 3,
      "last_boot_failed_slot": null}
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import sys
@@ -34,39 +34,15 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from activities.kube import new_api_client
 from models.cluster import CONTROL_PLANE_LABEL, HOSTNAME_LABEL
+from models.host import SimMachineState
+from node_worker.sim import SimPaths, read_machine_state
 
 log = logging.getLogger("devstack.kubelet")
 
-MACHINE_FILE = "machine.json"
 KUBELET_VERSION = "v1.30.0-kubeos-sim"
-
-
-class MachineState(BaseModel):
-    """What the simulated machine publishes (its writer owns the format; unknown fields are ignored)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    running: bool
-    booted_slot: str = ""
-    pretty_name: str = ""
-    boot_id: str = ""
-    boots: int = 0
-    last_boot_failed_slot: str | None = None
-
-
-def read_machine(machine_dir: Path) -> MachineState | None:
-    """The machine's state, or None while the file is missing or half-written."""
-    try:
-        return MachineState.model_validate(json.loads((machine_dir / MACHINE_FILE).read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
-    except (ValueError, ValidationError) as e:
-        log.debug("unreadable %s: %s", machine_dir / MACHINE_FILE, e)
-        return None
 
 
 @dataclass(frozen=True)
@@ -94,7 +70,7 @@ class Kubelet:
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.node = node
-        self.machine_dir = Path(machine_dir)
+        self.machine = SimPaths(Path(machine_dir))
         self.labels = {HOSTNAME_LABEL: node, "kubernetes.io/os": "linux", **(labels or {})}
         if control_plane:
             self.labels[CONTROL_PLANE_LABEL] = ""
@@ -102,7 +78,7 @@ class Kubelet:
         self.reported: Reported | None = None
         self._registered = False
 
-    def _desired(self, state: MachineState | None) -> Reported:
+    def _desired(self, state: SimMachineState | None) -> Reported:
         last = self.reported
         if state is None or not state.running:
             # Nobody posts status for a machine that is down: the last osImage and boot id stay.
@@ -163,7 +139,8 @@ class Kubelet:
 
     def sync_once(self) -> bool:
         """Bring the Node in line with the machine; True when something was written."""
-        wanted = self._desired(read_machine(self.machine_dir))
+        # None while the file is missing or half-written: the machine is not reporting.
+        wanted = self._desired(read_machine_state(self.machine))
         if self._registered and wanted == self.reported:
             return False
         if not self._registered:
@@ -219,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.kubelet", description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--node", required=True, help="the Node's name (also its hostname label)")
-    parser.add_argument("--machine", required=True, type=Path, help=f"the directory holding {MACHINE_FILE}")
+    parser.add_argument("--machine", required=True, type=Path, help="the simulated host directory holding machine.json")
     parser.add_argument(
         "--label", action="append", default=[], type=_label, metavar="KEY=VALUE", help="an extra Node label"
     )

@@ -14,8 +14,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from devstack.kubelet import MACHINE_FILE, Kubelet, read_machine
+from devstack.kubelet import Kubelet
 from models.cluster import CONTROL_PLANE_LABEL, HOSTNAME_LABEL
+from node_worker.sim import SimPaths, read_machine_state
 from tests.support.kube import KubeEnv, kube_env, write_machine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,9 +127,10 @@ async def test_restarted_kubelet_adopts_its_node_and_reregisters_a_deleted_one(k
 
 
 async def test_missing_or_torn_machine_file_is_not_ready(kube: KubeEnv, tmp_path: Path) -> None:
-    assert read_machine(tmp_path) is None
-    (tmp_path / MACHINE_FILE).write_text('{"running": tr', encoding="utf-8")  # a torn write
-    assert read_machine(tmp_path) is None
+    machine = SimPaths(tmp_path)
+    assert read_machine_state(machine) is None
+    machine.machine.write_text('{"running": tr', encoding="utf-8")  # a torn write
+    assert read_machine_state(machine) is None
     kubelet = Kubelet(kube.api, "n1", tmp_path)
     await kube.call(kubelet.sync_once)
     assert summary(await node_or_none(kube, "n1")) == ("Unknown", "", "")

@@ -8,7 +8,6 @@ call it through ``await kube.call(fn, ...)`` (a worker thread), or the loop woul
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import sys
@@ -23,7 +22,8 @@ from kubernetes import client
 
 from activities.kube import new_api_client
 from devstack.kube_emulator import KubeEmulator
-from devstack.kubelet import MACHINE_FILE
+from models.host import SimMachineState
+from node_worker.sim import SimPaths, write_machine_state
 
 T = TypeVar("T")
 
@@ -173,19 +173,10 @@ class KubeEnv:
 
 
 def write_machine(directory: Path, running: bool, pretty_name: str = "KubeOS 1.0.0", boot_id: str = "b1") -> None:
-    """As the simulated machine does: a whole new file renamed into place."""
+    """The simulated machine's ``machine.json``, written by the machine's own writer (a file renamed into place)."""
     directory.mkdir(parents=True, exist_ok=True)
-    state = {
-        "running": running,
-        "booted_slot": "A",
-        "pretty_name": pretty_name,
-        "boot_id": boot_id,
-        "boots": 1,
-        "last_boot_failed_slot": None,
-    }
-    tmp = directory / f".{MACHINE_FILE}.tmp"
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    tmp.replace(directory / MACHINE_FILE)
+    state = SimMachineState(running=running, booted_slot="A", pretty_name=pretty_name, boot_id=boot_id, boots=1)
+    write_machine_state(SimPaths(directory), state)
 
 
 @asynccontextmanager
