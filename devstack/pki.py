@@ -53,23 +53,62 @@ def _san(hosts: tuple[str, ...]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
-class CertificateAuthority:
-    """A CA in ``directory`` (``<name>.crt``/``<name>.key``) that issues server and client certificates."""
+def _validity(
+    days: int, not_before: datetime.datetime | None, not_after: datetime.datetime | None
+) -> tuple[datetime.datetime, datetime.datetime]:
+    """The window a certificate is valid in: by default from five minutes ago (clock skew) for ``days`` days;
+    tests pass their own window for expired and not-yet-valid certificates."""
+    now = datetime.datetime.now(datetime.UTC)
+    return not_before or now - datetime.timedelta(minutes=5), not_after or now + datetime.timedelta(days=days)
 
-    def __init__(self, directory: Path, name: str = "ca", *, days: int = 1) -> None:
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: PrivateKey,
+    window: tuple[datetime.datetime, datetime.datetime],
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(window[0])
+        .not_valid_after(window[1])
+    )
+
+
+def _write_pair(directory: Path, name: str, cert: x509.Certificate, key: PrivateKey) -> CertFiles:
+    files = CertFiles(directory / f"{name}.crt", directory / f"{name}.key")
+    write_cert(cert, files.cert)
+    write_key(key, files.key)
+    return files
+
+
+class CertificateAuthority:
+    """A CA in ``directory`` (``<name>.crt``/``<name>.key``) that issues server and client certificates.
+
+    ``not_before``/``not_after`` (here and in :meth:`issue`) replace the default validity window, e.g. for an
+    expired or not-yet-valid certificate that a host must refuse.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        name: str = "ca",
+        *,
+        days: int = 1,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> None:
         self.directory = directory
         self.days = days
         directory.mkdir(parents=True, exist_ok=True)
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
+        subject = _name(f"kubeos-rollout {name}")
         self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(_name(f"kubeos-rollout {name}"))
-            .issuer_name(_name(f"kubeos-rollout {name}"))
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
+            _builder(subject, subject, self.key, _validity(days, not_before, not_after))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -88,62 +127,46 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        self.files = CertFiles(directory / f"{name}.crt", directory / f"{name}.key")
-        write_cert(self.certificate, self.files.cert)
-        write_key(self.key, self.files.key)
+        self.files = _write_pair(directory, name, self.certificate, self.key)
 
     @property
     def cert_path(self) -> Path:
         return self.files.cert
 
-    def issue(self, name: str, *, hosts: tuple[str, ...] = (), client: bool = False) -> CertFiles:
+    def issue(
+        self,
+        name: str,
+        *,
+        hosts: tuple[str, ...] = (),
+        client: bool = False,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> CertFiles:
         """A leaf certificate for ``hosts`` (server) or a client certificate, written as ``<name>.crt/.key``."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=self.days))
+            _builder(_name(name), self.certificate.subject, key, _validity(self.days, not_before, not_after))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
         )
         if hosts:
             builder = builder.add_extension(_san(hosts), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        files = CertFiles(self.directory / f"{name}.crt", self.directory / f"{name}.key")
-        write_cert(cert, files.cert)
-        write_key(key, files.key)
-        return files
+        return _write_pair(self.directory, name, builder.sign(self.key, hashes.SHA256()), key)
 
     def issue_server(self, name: str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> CertFiles:
         return self.issue(name, hosts=hosts)
 
-    def issue_client(self, name: str) -> CertFiles:
-        return self.issue(name, client=True)
+    def issue_client(
+        self, name: str, *, not_before: datetime.datetime | None = None, not_after: datetime.datetime | None = None
+    ) -> CertFiles:
+        return self.issue(name, client=True, not_before=not_before, not_after=not_after)
 
 
 def self_signed_rsa(directory: Path, name: str, *, days: int = 1) -> tuple[rsa.RSAPrivateKey, CertFiles]:
     """An RSA key and a self-signed certificate for it (e.g. a token issuer's signing key)."""
     directory.mkdir(parents=True, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(_name(name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    files = CertFiles(directory / f"{name}.crt", directory / f"{name}.key")
-    write_cert(cert, files.cert)
-    write_key(key, files.key)
-    return key, files
+    cert = _builder(_name(name), _name(name), key, _validity(days, None, None)).sign(key, hashes.SHA256())
+    return key, _write_pair(directory, name, cert, key)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from devstack.image_server import Fault, ImageServer
+from devstack.pki import CertificateAuthority
 from models.host import HostErrorType, StageProgress
 from node_worker import http_source
 from node_worker.errors import HostError
@@ -27,7 +28,6 @@ from tests.node_worker.conftest import (
     SimHost,
     disk_source,
 )
-from tests.support.certs import issue_with_validity
 
 MIB = 1024 * 1024
 
@@ -184,10 +184,10 @@ def test_missing_certificate_is_refused(host: SimHost, https_server: ImageServer
 
 def test_expired_ca_is_refused(host: SimHost, https_server: ImageServer, new_image: Image, tmp_path: Path) -> None:
     now = datetime.now(UTC)
-    expired = issue_with_validity(
-        None, tmp_path, "old-ca", now - timedelta(days=30), now - timedelta(days=1), is_ca=True
+    expired = CertificateAuthority(
+        tmp_path, "old-ca", not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)
     )
-    shutil.copy(expired.cert, host.paths.certs / "old-ca.crt")
+    shutil.copy(expired.cert_path, host.paths.certs / "old-ca.crt")
     with pytest.raises(HostError, match="expired") as err:
         host.agent.preflight(disk_source(https_server.url(new_image.name), new_image, cacert="old-ca.crt"))
     assert err.value.kind == HostErrorType.CERTIFICATE
@@ -197,7 +197,7 @@ def test_expired_client_certificate_is_refused(
     host: SimHost, https_server: ImageServer, new_image: Image, pki: Pki, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC)
-    old = issue_with_validity(pki.ca, tmp_path, "old-client", now - timedelta(days=30), now - timedelta(seconds=1))
+    old = pki.ca.issue_client("old-client", not_before=now - timedelta(days=30), not_after=now - timedelta(seconds=1))
     shutil.copy(old.cert, host.paths.certs / "old-client.crt")
     shutil.copy(old.key, host.paths.certs / "old-client.key")
     source = disk_source(
@@ -212,10 +212,10 @@ def test_not_yet_valid_certificate_is_refused(
     host: SimHost, https_server: ImageServer, new_image: Image, pki: Pki, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC)
-    future = issue_with_validity(
-        None, tmp_path, "future-ca", now + timedelta(days=1), now + timedelta(days=30), is_ca=True
+    future = CertificateAuthority(
+        tmp_path, "future-ca", not_before=now + timedelta(days=1), not_after=now + timedelta(days=30)
     )
-    shutil.copy(future.cert, host.paths.certs / "future-ca.crt")
+    shutil.copy(future.cert_path, host.paths.certs / "future-ca.crt")
     with pytest.raises(HostError, match="not valid before"):
         host.agent.preflight(disk_source(https_server.url(new_image.name), new_image, cacert="future-ca.crt"))
 
@@ -236,8 +236,6 @@ def test_client_key_not_matching_certificate_is_refused(
 def test_server_certificate_from_another_ca_is_refused(
     host: SimHost, https_server: ImageServer, new_image: Image, tmp_path: Path
 ) -> None:
-    from devstack.pki import CertificateAuthority
-
     stranger = CertificateAuthority(tmp_path, "stranger-ca")
     shutil.copy(stranger.cert_path, host.paths.certs / "stranger.crt")
     with pytest.raises(HostError) as err:
