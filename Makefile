@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := grub-common fdisk e2fsprogs nginx docker-registry skopeo umoci curl chromium kubectl
 
-.PHONY: demo test quick lint crd deps apt
+.PHONY: demo test quick lint crd deps apt bench
 
 demo: deps
 	$(VENV)/bin/kubeos-rollout demo $(ARGS)
@@ -18,6 +18,13 @@ test: deps
 # The quick loop: everything but the slow end-to-end tests.
 quick: deps
 	$(VENV)/bin/pytest -q -m "not slow" tests
+
+# The benchmarks of docs/benchmarks.md, one after the other: a few minutes each on a 2-core machine. Run them on
+# an otherwise idle machine; every script takes smaller sizes as flags (see --help).
+bench: deps
+	$(PY) -m bench.staging
+	$(PY) -m bench.rollout
+	$(PY) -m bench.makespan
 
 lint: deps
 	$(VENV)/bin/ruff check .
