@@ -17,6 +17,8 @@ ImageType = Literal["docker", "disk", "containerd", ""]
 OpsType = Literal["upgrade", "rollback"]
 
 DEFAULT_CERTS_DIR = "/etc/KubeOS/certs"
+# Where ``docker login`` keeps credentials as root; the original pulled with docker, which read them there.
+DEFAULT_REGISTRY_AUTH_CONFIG = "/root/.docker/config.json"
 MIB = 1024 * 1024
 
 
@@ -88,6 +90,11 @@ class HostConfig(BaseModel):
     grubenv: str = Field(min_length=1, description="the GRUB environment block file")
     grub_editenv: str = Field(default="", description="the grub-editenv program; default: found on PATH")
     certs_dir: str = DEFAULT_CERTS_DIR
+    registry_auth_config: str = Field(
+        default=DEFAULT_REGISTRY_AUTH_CONFIG,
+        description="docker-style config.json with registry credentials (auths) for container-image upgrades;"
+        " a missing file means anonymous pulls",
+    )
     staging_dir: str = "/var/lib/kubeos-rollout"
     reboot_command: list[str] = Field(default_factory=lambda: ["systemctl", "reboot"], min_length=1)
     kernel_cmdline: str = "/proc/cmdline"

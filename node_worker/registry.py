@@ -35,13 +35,13 @@ from urllib.parse import urljoin
 
 import httpx
 
-from models.host import HostErrorType
+from models.host import DEFAULT_REGISTRY_AUTH_CONFIG, HostErrorType
 from node_worker.errors import HostError
 from node_worker.tls import ssl_error_in
 
 CHUNK_SIZE = 1024 * 1024
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-DEFAULT_AUTH_CONFIG = Path("/root/.docker/config.json")
+DEFAULT_AUTH_CONFIG = Path(DEFAULT_REGISTRY_AUTH_CONFIG)
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
