@@ -41,7 +41,12 @@ from node_worker.errors import HostError
 from node_worker.grubenv import GrubEnv, default_slot, entry_slot
 from node_worker.http_source import check_url_policy, download_into
 from node_worker.nodelog import NodeLog
-from node_worker.osrelease import OsReleaseUnreadable, read_root_os_release, read_slot_os_release
+from node_worker.osrelease import (
+    OsReleaseUnreadable,
+    read_root_os_release,
+    read_slot_fs_identity,
+    read_slot_os_release,
+)
 from node_worker.slots import CHUNK, ByteProgress, Slot, resolve_slot
 from node_worker.tls import TlsFiles, check_tls_files, ssl_context
 from node_worker.writer import SlotWriter, StampStore, write_stream
@@ -183,13 +188,23 @@ class HostAgent:
             self._rollback_target(status.booted_slot, source.osversion)
             return HostPreflightOutput(status=status, target_slot=target, already_staged=False)
         self._check_source(source)
-        staged = status.slots[target].staged_checksum
-        already = source.imagetype == "disk" and bool(staged) and staged == _normalise_checksum(source.checksum)
+        already = self._staged_hint(source, self.slot(target))
         self.log.info(
             f"preflight ok: booted slot {status.booted_slot}, {source.imagetype} image for {target}"
             f" ({source.osversion or 'no osversion'})"
         )
         return HostPreflightOutput(status=status, target_slot=target, already_staged=already)
+
+    def _staged_hint(self, source: ImageSource, slot: Slot) -> bool:
+        """Whether the slot's stamp names this image (a hint: the stage verifies the bytes). A container image
+        is named by its digest, which the spec gives only in ``checksum``; without one only the stage can tell."""
+        stamp = self.stamps.load(slot)
+        if stamp is None or not source.checksum:
+            return False
+        checksum = _normalise_checksum(source.checksum)
+        if source.imagetype == "disk":
+            return stamp.checksum == checksum
+        return f"sha256:{checksum}" in {stamp.manifest_digest, stamp.index_digest}
 
     # ------------------------------------------------------------------------------------------- stage
 
@@ -288,7 +303,8 @@ class HostAgent:
 
     def _stage_container(self, source: ImageSource, slot: Slot, report: StageReporter | None) -> HostStageOutput:
         """Container images: the registry pull builds a root filesystem image file, which the same verified
-        writer puts into the slot."""
+        writer puts into the slot. A slot that holds a verified build of the same image (manifest digest) is
+        kept: nothing is pulled or built again."""
         try:
             from node_worker import oci_rootfs
         except ImportError as exc:
@@ -297,14 +313,40 @@ class HostAgent:
                 f"container-image upgrades not available on this node worker: {exc}",
             ) from exc
         emit = self._reporter(report, slot, source.checksum, source.dockerimage, self.boot_id())
-        self.log.info(f"building the root filesystem of {source.dockerimage} for {slot.describe()}")
-        # Its failures are HostErrors already, each with the activity error type (registry.ContainerImageError).
+        certs_dir = Path(self.config.certs_dir)
+        auth_config = Path(self.config.registry_auth_config)
+        # Failures below are HostErrors already, each with the activity error type (registry.ContainerImageError).
+        emit("resolve", 0, 1, 0)
+        image = oci_rootfs.resolve_source_image(source, certs_dir=certs_dir, auth_config=auth_config)
+        emit("resolve", 1, 1, 0)
+        stamp = self.stamps.verify_container_image(
+            slot, image.manifest_digest, lambda d, t: emit("verify-existing", d, t, 0)
+        )
+        if stamp is not None:
+            try:
+                release = read_slot_os_release(slot)
+            except OsReleaseUnreadable:
+                pass  # cannot tell what it holds: build it again
+            else:
+                oci_rootfs.require_osversion(release, source.osversion, f"slot {slot.name} ({image.manifest_digest})")
+                self.log.info(f"slot {slot.name} already holds a verified build of {image.manifest_digest}")
+                return HostStageOutput(slot=slot.name, checksum=stamp.checksum, size=stamp.size, reused=True)
+        label, fs_uuid = self._filesystem_identity(slot)
+        self.log.info(
+            f"building the root filesystem of {source.dockerimage} ({image.manifest_digest}) for {slot.describe()},"
+            f" label {label}, UUID {fs_uuid or '(new)'}"
+        )
+        # An image whose PRETTY_NAME is not osversion is refused by the build, before the slot is touched.
         built = oci_rootfs.build_rootfs_image(
             source,
             staging_dir=Path(self.config.staging_dir),
             slot_size=slot.size,
-            certs_dir=Path(self.config.certs_dir),
+            certs_dir=certs_dir,
+            auth_config=auth_config,
             progress=lambda phase, done, total: emit(phase, done, total, 0),
+            label=label,
+            fs_uuid=fs_uuid,
+            image=image,
         )
         with built:
             sha, size = write_stream(
@@ -314,8 +356,22 @@ class HostAgent:
                 built.sha256,
                 lambda d, t: emit("write", d, t, d),
                 total=built.size,
+                manifest_digest=built.manifest_digest,
+                index_digest=image.index_digest or "",
             )
         return HostStageOutput(slot=slot.name, checksum=sha, size=size, reused=False)
+
+    def _filesystem_identity(self, slot: Slot) -> tuple[str, str | None]:
+        """Label and UUID (None: a new one) for a filesystem built for ``slot``.
+
+        The booted slot may be found by ``root=LABEL=``/``UUID=`` (GRUB's menu entry, then ``boot.booted_slot``),
+        so a built filesystem carries the slot's configured identity; failing that, the identity the slot's
+        filesystem has now (its GRUB entry may name it); failing that (an empty slot), ROOT-<slot>.
+        """
+        current = read_slot_fs_identity(slot)
+        label = slot.config.fslabel or (current.label if current else "") or f"ROOT-{slot.name}"
+        fs_uuid = slot.config.fsuuid or (current.uuid if current else "")
+        return label, fs_uuid or None
 
     # ------------------------------------------------------------------------------------------- boot entries
 

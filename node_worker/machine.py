@@ -1,7 +1,8 @@
 """The simulated machine (``host sim-run DIR``): boots a simulated host as its GRUB would and runs its node worker.
 
 A boot picks the slot exactly as ``deploy/node/grub.cfg`` does: ``next_entry`` once (cleared as it boots), else
-``saved_entry``; a slot without a filesystem holding an os-release does not boot, and GRUB's fallback takes the
+``saved_entry``; a slot without a filesystem holding an os-release does not boot, nor does one whose ``root=``
+names a filesystem LABEL/UUID that the slot does not carry (``sim.root_problem``), and GRUB's fallback takes the
 other entry. The boot writes the kernel command line and a new boot id, then the node worker starts as a child
 process. The reboot command of the simulated host leaves a request file; the supervisor then stops the worker
 (the machine goes down), waits the downtime, and boots again. ``machine.json`` always says where the machine is.
@@ -22,7 +23,7 @@ from node_worker.config import load_host_config
 from node_worker.grubenv import GrubEnv, next_boot
 from node_worker.nodelog import NodeLog
 from node_worker.osrelease import OsReleaseUnreadable, read_slot_os_release
-from node_worker.sim import SimPaths, read_machine_state, write_boot_files, write_machine_state
+from node_worker.sim import SimPaths, read_machine_state, root_problem, write_boot_files, write_machine_state
 from node_worker.slots import resolve_slot
 
 _log = logging.getLogger("kubeos.machine")
@@ -50,6 +51,10 @@ def boot(paths: SimPaths, config: HostConfig, previous: SimMachineState | None, 
             pretty = read_slot_os_release(resolve_slot(config, candidate)).pretty_name
         except OsReleaseUnreadable as exc:
             log.error(f"boot: slot {candidate} does not boot ({exc}); falling back")
+            failed = failed or candidate
+            continue
+        if problem := root_problem(config, candidate):
+            log.error(f"boot: slot {candidate} ({pretty}) does not find its root ({problem}); falling back")
             failed = failed or candidate
             continue
         chosen = candidate

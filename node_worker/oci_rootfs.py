@@ -43,6 +43,7 @@ from node_worker.registry import (
     DEFAULT_AUTH_CONFIG,
     ContainerImageError,
     Descriptor,
+    ImageReference,
     RegistryClient,
     ResolvedImage,
     UnsupportedImage,
@@ -106,6 +107,13 @@ class StagingSpaceLow(InsufficientSpace):
     default_kind = HostErrorType.NO_SPACE
 
 
+class OsVersionMismatch(ContainerImageError):
+    """The image's os-release PRETTY_NAME is not the spec's osversion: the node would boot it and never report
+    the target version (the original's endless upgrade loop), so it is not staged."""
+
+    default_kind = HostErrorType.INVALID_INPUT
+
+
 class FilesystemBuildError(ContainerImageError):
     """mkfs.ext4 failed for another reason than space (or the label is unusable)."""
 
@@ -136,6 +144,39 @@ class BuiltImage:
         self.cleanup()
 
 
+def require_osversion(release: OsRelease, osversion: str, what: str) -> None:
+    """Refuse ``what`` (an image or a slot) unless its PRETTY_NAME is ``osversion`` (empty: nothing to check)."""
+    if osversion and release.pretty_name != osversion:
+        raise OsVersionMismatch(
+            f"{what} holds {release.pretty_name or 'no PRETTY_NAME'!r} (PRETTY_NAME of its os-release), "
+            f"not osversion {osversion!r}: not staged"
+        )
+
+
+def _open_registry(
+    source: ImageSource, ref: ImageReference, certs_dir: Path, auth_config: Path | None
+) -> RegistryClient:
+    tls = ssl_context(check_tls_files(source, certs_dir)) if source.cacert or source.mtls else None
+    return open_client(ref, tls=tls, flag_safe=source.flagSafe, auth_config=auth_config)
+
+
+def resolve_source_image(
+    source: ImageSource,
+    *,
+    certs_dir: Path,
+    auth_config: Path | None = DEFAULT_AUTH_CONFIG,
+    architecture: str | None = None,
+) -> ResolvedImage:
+    """Resolve ``source.dockerimage`` to this host's platform manifest and check ``source.checksum`` against it,
+    downloading no layer. The manifest digest names the image exactly: a stage uses it to recognise an image
+    already in the slot (the ext4 image built from it differs byte for byte on every build)."""
+    ref = parse_image_reference(source.dockerimage)
+    with _open_registry(source, ref, certs_dir, auth_config) as client:
+        image = resolve_image(client, ref, architecture=architecture)
+    verify_checksum(image, source.checksum)
+    return image
+
+
 def build_rootfs_image(
     source: ImageSource,
     *,
@@ -148,12 +189,17 @@ def build_rootfs_image(
     fs_uuid: str | None = None,
     architecture: str | None = None,
     space_margin: int = SPACE_MARGIN,
+    image: ResolvedImage | None = None,
 ) -> BuiltImage:
     """Pull ``source.dockerimage``, verify it, and build an ext4 image of ``slot_size`` bytes from it.
 
-    Uses of ``source``: dockerimage, checksum (the image's index or manifest digest), flagSafe, cacert, mtls,
-    clientcert, clientkey (file names in ``certs_dir``). ``progress(phase, done, total)`` is called per chunk
-    with phase one of resolve, download, extract, mkfs, hash.
+    Uses of ``source``: dockerimage, checksum (the image's index or manifest digest), osversion (when set, the
+    image's PRETTY_NAME must be it: checked before the filesystem is built), flagSafe, cacert, mtls, clientcert,
+    clientkey (file names in ``certs_dir``). ``image``, when given, is :func:`resolve_source_image`'s answer for
+    the same source: the layers it names are pulled (no second resolution, so a tag moved meanwhile does not
+    matter). ``label`` and ``fs_uuid`` (None: a new one) name the filesystem: give the slot's, a host may find its
+    root by them. ``progress(phase, done, total)`` is called per chunk with phase one of resolve, download,
+    extract, mkfs, hash.
 
     Raises ``HostError`` subclasses (``ContainerImageError``, see registry.py and this module) whose ``kind``
     is the activity error type; ``.retryable`` is True only for network-type failures.
@@ -165,15 +211,15 @@ def build_rootfs_image(
     if not 0 < len(label.encode()) <= 16:
         raise FilesystemBuildError(f"ext4 label {label!r} must be 1 to 16 bytes")
     ref = parse_image_reference(source.dockerimage)
-    tls = ssl_context(check_tls_files(source, certs_dir)) if source.cacert or source.mtls else None
     workdir = staging_dir / WORKDIR_NAME
     staging_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(workdir, ignore_errors=True)
     try:
-        with open_client(ref, tls=tls, flag_safe=source.flagSafe, auth_config=auth_config) as client:
+        with _open_registry(source, ref, certs_dir, auth_config) as client:
             report("resolve", 0, 1)
-            image = resolve_image(client, ref, architecture=architecture)
-            verify_checksum(image, source.checksum)
+            if image is None:
+                image = resolve_image(client, ref, architecture=architecture)
+                verify_checksum(image, source.checksum)
             report("resolve", 1, 1)
             _check_layers(image, slot_size)
             needed = sum(d.size for d in image.layers) + space_margin
@@ -183,6 +229,7 @@ def build_rootfs_image(
         tree = _unpack(image, blobs, workdir, slot_size, space_margin, report)
         shutil.rmtree(workdir / "blobs")
         os_release = _os_release(tree, str(ref))
+        require_osversion(os_release, source.osversion, f"image {ref}")
         image_path = workdir / "rootfs.ext4"
         _make_ext4(tree, image_path, slot_size, label, fs_uuid, space_margin, report)
         shutil.rmtree(tree)

@@ -1,4 +1,5 @@
-"""Reading a slot's ``os-release`` without mounting it (``debugfs``), or from the mounted root.
+"""Reading a slot's filesystem without mounting it (``debugfs``): its ``os-release`` (or from the mounted root)
+and its identity (label, UUID).
 
 kubelet reports ``PRETTY_NAME`` as the node's osImage, so that is the version a slot "holds".
 """
@@ -9,6 +10,7 @@ import posixpath
 import re
 import shlex
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.host import OsRelease
@@ -20,6 +22,7 @@ _MAX_BYTES = 64 * 1024
 _MAX_LINKS = 8
 _LINK_RE = re.compile(r'^Fast link dest: "(?P<dest>.*)"$', re.MULTILINE)
 _TYPE_RE = re.compile(r"Type: (?P<type>\w+)")
+_SUPERBLOCK_RE = re.compile(r"^Filesystem (?P<field>volume name|UUID):[ \t]*(?P<value>.*)$", re.MULTILINE)
 
 
 class OsReleaseUnreadable(Exception):
@@ -116,3 +119,24 @@ def read_root_os_release(root: str | Path) -> OsRelease:
             return release
         problems.append(f"{path} has no PRETTY_NAME")
     raise OsReleaseUnreadable(f"{root} holds no readable os-release: {'; '.join(problems)}")
+
+
+@dataclass(frozen=True)
+class FsIdentity:
+    """What ``root=LABEL=…`` / ``root=UUID=…`` and blkid see of a filesystem."""
+
+    label: str
+    uuid: str
+
+
+def read_slot_fs_identity(slot: Slot) -> FsIdentity | None:
+    """The label and UUID of the ext filesystem in ``slot``; None when it holds none (empty or invalidated)."""
+    try:
+        out, err = _debugfs(slot.debugfs_spec, "stats -h")
+    except OsReleaseUnreadable:
+        return None
+    fields = {m["field"]: m["value"].strip() for m in _SUPERBLOCK_RE.finditer(out)}
+    if err or not fields.get("UUID"):
+        return None
+    label = fields.get("volume name", "")
+    return FsIdentity(label="" if label == "<none>" else label, uuid=fields["UUID"].lower())

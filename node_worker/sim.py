@@ -6,9 +6,10 @@ Layout of ``DIR``::
     disk.img        GPT disk image (sfdisk): partitions ROOT-A and ROOT-B, ext4 each
     grubenv         GRUB environment block (grub-editenv), saved_entry=A
     certs/          the host's certificates directory
+    registry-auth.json  registry credentials (docker-style config.json) of container-image upgrades, if any
     staging/        the node worker's staging directory (stamps, lock)
     host.yaml       the host configuration (printed by ``host sim``)
-    cmdline         the kernel command line of the current boot (root=PARTLABEL=ROOT-X)
+    cmdline         the kernel command line of the current boot (root=PARTLABEL=ROOT-X: see ``kernel_root_arg``)
     boot_id         the current boot's id
     node.log        the node log
     machine.json    the machine's state (see ``models.host.SimMachineState``), kept by ``host sim-run``
@@ -34,6 +35,8 @@ from pathlib import Path
 from models.host import SLOT_NAMES, HostConfig, SimMachineState, SlotConfig, SlotName
 from node_worker.config import write_host_config
 from node_worker.images import make_rootfs
+from node_worker.osrelease import read_slot_fs_identity
+from node_worker.slots import resolve_slot
 
 MIB = 1024 * 1024
 DEFAULT_SLOT_SIZE = 64 * MIB
@@ -64,6 +67,10 @@ class SimPaths:
     @property
     def staging(self) -> Path:
         return self.dir / "staging"
+
+    @property
+    def registry_auth(self) -> Path:
+        return self.dir / "registry-auth.json"
 
     @property
     def config(self) -> Path:
@@ -142,6 +149,7 @@ def sim_config(paths: SimPaths, parts: dict[SlotName, dict[str, str | int]]) -> 
         slots=slots,
         grubenv=str(paths.grubenv),
         certs_dir=str(paths.certs),
+        registry_auth_config=str(paths.registry_auth),  # never the real host's credentials
         staging_dir=str(paths.staging),
         # The machine "reboots" when its supervisor sees the request: the same interpreter and package.
         reboot_command=[sys.executable, "-m", "node_worker.cli", "host", "sim-reboot", str(paths.dir)],
@@ -153,10 +161,45 @@ def sim_config(paths: SimPaths, parts: dict[SlotName, dict[str, str | int]]) -> 
     )
 
 
+def kernel_root_arg(sc: SlotConfig) -> str:
+    """``root=`` of a slot's GRUB menu entry: its first configured identity, partition ones first (staging never
+    changes those; a filesystem's LABEL and UUID are whatever the image written into the slot carries)."""
+    for kind, value in (
+        ("PARTLABEL", sc.partlabel),
+        ("PARTUUID", sc.partuuid),
+        ("LABEL", sc.fslabel),
+        ("UUID", sc.fsuuid),
+    ):
+        if value:
+            return f"{kind}={value}"
+    raise SimError(f"slot on {sc.device} has no partlabel, partuuid, fslabel or fsuuid: its GRUB entry needs root=")
+
+
+def root_problem(config: HostConfig, slot: SlotName) -> str:
+    """Why a kernel booted from ``slot``'s GRUB entry would not mount that slot's filesystem ("" if it would).
+
+    ``root=LABEL=``/``UUID=`` is looked up among the filesystems, as the kernel (initramfs) does: when the slot's
+    filesystem does not carry it, the root is not found (panic); when the other slot's does, the host would run
+    from the wrong slot. Partition identities live in the partition table, which staging never writes.
+    """
+    root = kernel_root_arg(config.slots[slot])
+    kind, _, wanted = root.partition("=")
+    if kind not in ("LABEL", "UUID"):
+        return ""
+    holders = []
+    for name in SLOT_NAMES:
+        found = read_slot_fs_identity(resolve_slot(config, name))
+        have = "" if found is None else found.label if kind == "LABEL" else found.uuid
+        if have and (have == wanted if kind == "LABEL" else have.lower() == wanted.lower()):
+            holders.append(name)
+    if holders == [slot]:
+        return ""
+    return f"root={root}: " + (f"found on slot {' and '.join(holders)}" if holders else "no filesystem carries it")
+
+
 def write_boot_files(paths: SimPaths, config: HostConfig, slot: SlotName) -> str:
     """What a boot of ``slot`` leaves behind: the kernel command line and a new boot id (returned)."""
-    sc = config.slots[slot]
-    root = f"PARTLABEL={sc.partlabel}" if sc.partlabel else f"PARTUUID={sc.partuuid}"
+    root = kernel_root_arg(config.slots[slot])
     _write_atomic(paths.cmdline, f"BOOT_IMAGE=/boot/vmlinuz root={root} ro panic=10\n")
     new_id = str(uuid.uuid4())
     _write_atomic(paths.boot_id, new_id + "\n")

@@ -7,6 +7,9 @@ A stamp file per slot in the staging directory records the checksum and size of 
 that slot. Before a stamp is trusted (to skip a download, or to boot the slot) the slot's first ``size`` bytes are
 hashed again: a local sequential read is far cheaper than the download it saves, and unlike sampling the first
 MiB or comparing mtimes it proves that every byte GRUB will boot is the verified image.
+
+A slot built from a container image also records the image's manifest (and index) digest: the ext4 image built
+from it differs byte for byte on every build, so the same image staged again is recognised by its digest.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class Stamp:
     size: int
     device: str
     offset: int
+    manifest_digest: str = ""  # container images only: the platform manifest the slot was built from
+    index_digest: str = ""  # ... and the image index that named it, if any
 
 
 class StampStore:
@@ -51,9 +56,9 @@ class StampStore:
             return None  # the configuration moved the slot: the stamp is about other bytes
         return stamp
 
-    def save(self, slot: Slot, checksum: str, size: int) -> None:
+    def save(self, slot: Slot, checksum: str, size: int, manifest_digest: str = "", index_digest: str = "") -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        stamp = Stamp(slot.name, checksum, size, str(slot.path), slot.offset)
+        stamp = Stamp(slot.name, checksum, size, str(slot.path), slot.offset, manifest_digest, index_digest)
         tmp = self._path(slot).with_suffix(".tmp")
         tmp.write_text(json.dumps(stamp.__dict__), encoding="utf-8")
         os.replace(tmp, self._path(slot))
@@ -68,6 +73,15 @@ class StampStore:
             return False
         return slot.hash_region(stamp.size, progress) == stamp.checksum
 
+    def verify_container_image(
+        self, slot: Slot, manifest_digest: str, progress: ByteProgress | None = None
+    ) -> Stamp | None:
+        """The stamp of ``slot`` if it holds a verified build of the container image ``manifest_digest``."""
+        stamp = self.load(slot)
+        if stamp is None or not manifest_digest or stamp.manifest_digest != manifest_digest:
+            return None
+        return stamp if self.verify(slot, stamp.checksum, progress) else None
+
 
 class SlotWriter:
     """Writes a byte stream into ``slot`` from its start, hashing it; can resume after a prefix or restart.
@@ -77,9 +91,10 @@ class SlotWriter:
     the rest of the disk intact.
     """
 
-    def __init__(self, slot: Slot, stamps: StampStore) -> None:
+    def __init__(self, slot: Slot, stamps: StampStore, manifest_digest: str = "", index_digest: str = "") -> None:
         self.slot = slot
         self._stamps = stamps
+        self._digests = (manifest_digest, index_digest)  # recorded in the stamp: see the module docstring
         self._hash = hashlib.sha256()
         self.position = 0
         self.touched = False
@@ -132,7 +147,7 @@ class SlotWriter:
         if expected is not None and calculated != expected.lower():
             self.invalidate()
             raise HostError(HostErrorType.CHECKSUM_MISMATCH, f"Checksum {calculated} mismatch to {expected}")
-        self._stamps.save(self.slot, calculated, self.position)
+        self._stamps.save(self.slot, calculated, self.position, *self._digests)
         return calculated
 
     def invalidate(self) -> None:
@@ -148,15 +163,18 @@ def write_stream(
     expected: str | None,
     progress: ByteProgress | None = None,
     total: int | None = None,
+    manifest_digest: str = "",
+    index_digest: str = "",
 ) -> tuple[str, int]:
     """Write ``chunks`` into ``slot``, verify against ``expected`` (sha256 hex; None: record what was written).
 
     Returns (sha256, size). A failure after the first write leaves the slot invalidated. ``total``, when known,
-    is refused up front if it does not fit.
+    is refused up front if it does not fit. The digests of a container image the bytes were built from go into
+    the stamp.
     """
     if total is not None and total > slot.size:
         raise HostError(HostErrorType.IMAGE_TOO_LARGE, f"the image ({total} bytes) is larger than {slot.describe()}")
-    with SlotWriter(slot, stamps) as writer:
+    with SlotWriter(slot, stamps, manifest_digest, index_digest) as writer:
         try:
             for data in chunks:
                 writer.write(data)
