@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +12,11 @@ import pytest
 
 from devstack.image_server import ImageServer
 from devstack.pki import CertFiles, CertificateAuthority
-from models.host import HostConfig, ImageSource, SlotName
+from models.host import HostConfig, ImageSource, SimMachineState, SlotName
 from node_worker.agent import HostAgent
 from node_worker.config import load_host_config
 from node_worker.images import build_os_image
-from node_worker.sim import SimPaths, create_sim_host, write_boot_files
+from node_worker.sim import SimPaths, create_sim_host, read_machine_state, write_boot_files
 
 MIB = 1024 * 1024
 SLOT_SIZE = 24 * MIB
@@ -25,6 +26,8 @@ NEW = "KubeOS 1.0.1"
 CA_NAME = "image-ca.crt"
 CLIENT_CERT = "client.crt"
 CLIENT_KEY = "client.key"
+# The host commands alone, as the simulated machine runs them.
+HOST_CLI = [sys.executable, "-m", "node_worker.cli"]
 
 
 @dataclass
@@ -42,6 +45,10 @@ class SimHost:
 
     def node_log(self) -> str:
         return self.paths.node_log.read_text() if self.paths.node_log.exists() else ""
+
+    def machine_state(self) -> SimMachineState | None:
+        """What ``host sim-run`` says about the machine (None before it wrote, or mid-write)."""
+        return read_machine_state(self.paths)
 
     def slot_digest(self, slot: SlotName) -> str:
         s = self.agent.slot(slot)

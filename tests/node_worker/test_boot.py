@@ -7,6 +7,7 @@ deploy/node/grub.cfg does; the GRUB environment is a real grubenv edited with gr
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -207,7 +208,7 @@ def test_custom_grub_entry_names(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------- booted slot
 
 
-def _config(tmp_path: Path, cmdline: str, a: dict[str, object], b: dict[str, object]) -> HostConfig:
+def _config(tmp_path: Path, cmdline: str, a: Mapping[str, object], b: Mapping[str, object]) -> HostConfig:
     (tmp_path / "cmdline").write_text(cmdline)
     return HostConfig(
         slots={"A": SlotConfig.model_validate(a), "B": SlotConfig.model_validate(b)},

@@ -16,17 +16,15 @@ import yaml
 
 from devstack.image_server import ImageServer
 from devstack.net import free_port
-from models.host import SimMachineState
 from node_worker.agent import HostAgent
 from node_worker.config import load_host_config
 from node_worker.images import sha256_file
 from node_worker.osrelease import read_slot_os_release
 from node_worker.sim import SimPaths
 from node_worker.slots import Slot
-from tests.node_worker.conftest import CA_NAME, NEW, Image, Pki, SimHost, disk_source, make_sim_host
+from tests.node_worker.conftest import CA_NAME, HOST_CLI, NEW, Image, Pki, SimHost, disk_source, make_sim_host
 
 KUBEOS_ROLLOUT = str(Path(sys.executable).parent / "kubeos-rollout")
-HOST_CLI = [sys.executable, "-m", "node_worker.cli"]
 
 
 def run(*args: str, cli: list[str] = HOST_CLI) -> subprocess.CompletedProcess[str]:
@@ -204,13 +202,6 @@ def machine(tmp_path: Path, pki: Pki) -> Iterator[tuple[SimHost, subprocess.Pope
                 proc.wait()
 
 
-def _state(host: SimHost) -> SimMachineState | None:
-    try:
-        return SimMachineState.model_validate_json(host.paths.machine.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _reboot_cmd(host: SimHost) -> None:
     subprocess.run(host.config.reboot_command, check=True, timeout=60)
 
@@ -219,25 +210,27 @@ def test_sim_run_boots_reboots_into_the_trial_slot_and_can_hang(
     machine: tuple[SimHost, subprocess.Popen[str]], https_server: ImageServer, new_image: Image
 ) -> None:
     host, proc = machine
-    wait_for(lambda: (s := _state(host)) is not None and s.running and s.boots == 1, "the first boot")
-    first = _state(host)
+    wait_for(lambda: (s := host.machine_state()) is not None and s.running and s.boots == 1, "the first boot")
+    first = host.machine_state()
     assert first is not None and first.booted_slot == "A" and first.pretty_name == "KubeOS 1.0.0"
     assert int(host.paths.pid.read_text()) == proc.pid
 
     checksum = host.agent.stage(disk_source(https_server.url(new_image.name), new_image)).checksum
     host.agent.trial_boot("B", NEW, checksum)
     _reboot_cmd(host)
-    wait_for(lambda: (s := _state(host)) is not None and s.running and s.boots == 2, "the reboot")
-    second = _state(host)
+    wait_for(lambda: (s := host.machine_state()) is not None and s.running and s.boots == 2, "the reboot")
+    second = host.machine_state()
     assert second is not None and (second.booted_slot, second.pretty_name) == ("B", NEW)
     assert second.boot_id != first.boot_id and second.last_boot_failed_slot is None
     assert host.agent.status().booted_slot == "B" and host.agent.status().trial
 
     host.paths.hang_on_reboot.touch()
     _reboot_cmd(host)
-    wait_for(lambda: not host.paths.reboot_request.exists() and not (_state(host) or first).running, "going down")
+    wait_for(
+        lambda: not host.paths.reboot_request.exists() and not (host.machine_state() or first).running, "going down"
+    )
     time.sleep(1.0)  # several downtimes: a machine that came back would be running again by now
-    hung = _state(host)
+    hung = host.machine_state()
     assert hung is not None and not hung.running and hung.boots == 2
 
     proc.send_signal(signal.SIGTERM)
@@ -249,12 +242,12 @@ def test_sim_run_falls_back_when_the_trial_slot_is_broken(
     machine: tuple[SimHost, subprocess.Popen[str]], https_server: ImageServer, new_image: Image
 ) -> None:
     host, _proc = machine
-    wait_for(lambda: (s := _state(host)) is not None and s.running and s.boots == 1, "the first boot")
+    wait_for(lambda: (s := host.machine_state()) is not None and s.running and s.boots == 1, "the first boot")
     checksum = host.agent.stage(disk_source(https_server.url(new_image.name), new_image)).checksum
     host.agent.trial_boot("B", NEW, checksum)
     host.agent.slot("B").invalidate()
     _reboot_cmd(host)
-    wait_for(lambda: (s := _state(host)) is not None and s.running and s.boots == 2, "the reboot")
-    state = _state(host)
+    wait_for(lambda: (s := host.machine_state()) is not None and s.running and s.boots == 2, "the reboot")
+    state = host.machine_state()
     assert state is not None and state.booted_slot == "A" and state.last_boot_failed_slot == "B"
     assert os.path.exists(host.paths.node_log) and "does not boot" in host.node_log()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from devstack.registry import RegistryServer
 from models.host import HostErrorType, ImageSource
 from node_worker.errors import HostError
 from node_worker.oci_rootfs import WORKDIR_NAME
-from tests.node_worker.conftest import SimHost, make_sim_host
+from tests.node_worker.conftest import HOST_CLI, SimHost, make_sim_host
 from tests.node_worker.registry_env import plain_registry
 
 __all__ = ["plain_registry"]  # fixture used below
@@ -30,9 +29,7 @@ NEW = "KubeOS 1.0.1"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "node_worker.cli", *args], capture_output=True, text=True, timeout=300, check=False
-    )
+    return subprocess.run([*HOST_CLI, *args], capture_output=True, text=True, timeout=300, check=False)
 
 
 def os_resource(reference: str, checksum: str) -> dict[str, object]:

@@ -8,7 +8,6 @@ import logging.handlers
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from node_worker.config import ConfigError, load_host_config
 from node_worker.nodelog import NodeLog, setup_process_logging
-from tests.node_worker.conftest import SimHost
+from tests.node_worker.conftest import HOST_CLI, SimHost
 
 
 @pytest.fixture
@@ -83,9 +82,7 @@ def test_node_worker_stops_on_sigterm(host: SimHost, temporal_env: WorkflowEnvir
     target = temporal_env.client.service_client.config.target_host
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "node_worker.cli",
+            *HOST_CLI,
             "node-worker",
             "--node",
             "sigterm-node",

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from pydantic import BaseModel
@@ -36,12 +36,12 @@ from models.host import (
     HostTrialBootInput,
     HostTrialBootOutput,
     ImageSource,
-    SimMachineState,
     node_task_queue,
 )
-from tests.node_worker.conftest import NEW, Image, Pki, SimHost, disk_source, make_sim_host
+from tests.node_worker.conftest import HOST_CLI, NEW, Image, Pki, SimHost, disk_source, make_sim_host
 
 NODE = "e2e-node"
+ResultT = TypeVar("ResultT", bound=BaseModel)
 QUICK = timedelta(seconds=60)
 
 
@@ -64,82 +64,49 @@ class UpgradeResult(BaseModel):
 class TinyUpgrade:
     """The node steps of an upgrade, in order, on the node's own queue."""
 
+    queue = ""
+
+    async def _host(self, name: str, arg: BaseModel, result_type: type[ResultT], **options: Any) -> ResultT:
+        """One node activity on the node's queue; one attempt and QUICK unless ``options`` say otherwise."""
+        merged: dict[str, Any] = {"start_to_close_timeout": QUICK, "retry_policy": RetryPolicy(maximum_attempts=1)}
+        result: ResultT = await workflow.execute_activity(
+            name, arg, result_type=result_type, task_queue=self.queue, **(merged | options)
+        )
+        return result
+
     @workflow.run
     async def run(self, inp: UpgradeInput) -> UpgradeResult:
-        queue = node_task_queue(inp.node)
-        once = RetryPolicy(maximum_attempts=1)
-        pre = await workflow.execute_activity(
-            "host_preflight",
-            HostPreflightInput(source=inp.source),
-            result_type=HostPreflightOutput,
-            task_queue=queue,
-            start_to_close_timeout=QUICK,
-            retry_policy=once,
+        self.queue = node_task_queue(inp.node)
+        pre = await self._host("host_preflight", HostPreflightInput(source=inp.source), HostPreflightOutput)
+        stage = await self._host(
+            "host_stage", HostStageInput(source=inp.source), HostStageOutput, heartbeat_timeout=timedelta(seconds=20)
         )
-        stage = await workflow.execute_activity(
-            "host_stage",
-            HostStageInput(source=inp.source),
-            result_type=HostStageOutput,
-            task_queue=queue,
-            start_to_close_timeout=QUICK,
-            heartbeat_timeout=timedelta(seconds=20),
-            retry_policy=once,
-        )
-        trial = await workflow.execute_activity(
+        trial = await self._host(
             "host_trial_boot",
             HostTrialBootInput(target_slot=pre.target_slot, osversion=inp.source.osversion, checksum=stage.checksum),
-            result_type=HostTrialBootOutput,
-            task_queue=queue,
-            start_to_close_timeout=QUICK,
-            retry_policy=once,
+            HostTrialBootOutput,
         )
-        reboot = await workflow.execute_activity(
-            "host_reboot",
-            HostRebootInput(reason="e2e"),
-            result_type=HostRebootOutput,
-            task_queue=queue,
-            start_to_close_timeout=QUICK,
-            retry_policy=once,
-        )
-        after = await workflow.execute_activity(
+        reboot = await self._host("host_reboot", HostRebootInput(reason="e2e"), HostRebootOutput)
+        after = await self._host(
             "host_await_reboot",
             HostAwaitRebootInput(previous_boot_id=reboot.boot_id),
-            result_type=HostAwaitRebootOutput,
-            task_queue=queue,
+            HostAwaitRebootOutput,
             schedule_to_close_timeout=timedelta(seconds=120),
-            start_to_close_timeout=QUICK,
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(milliseconds=300),
                 backoff_coefficient=1.5,
                 maximum_interval=timedelta(seconds=2),
             ),
         )
-        commit = await workflow.execute_activity(
+        commit = await self._host(
             "host_commit",
             HostCommitInput(slot=after.status.booted_slot, osversion=inp.source.osversion),
-            result_type=HostCommitOutput,
-            task_queue=queue,
-            start_to_close_timeout=QUICK,
-            retry_policy=once,
+            HostCommitOutput,
         )
-        report = await workflow.execute_activity(
-            "host_report",
-            HostReportInput(),
-            result_type=HostReportOutput,
-            task_queue=queue,
-            start_to_close_timeout=QUICK,
-            retry_policy=once,
-        )
+        report = await self._host("host_report", HostReportInput(), HostReportOutput)
         return UpgradeResult(
             preflight=pre, stage=stage, trial=trial, reboot=reboot, after=after, commit=commit, report=report
         )
-
-
-def _state(host: SimHost) -> SimMachineState | None:
-    try:
-        return SimMachineState.model_validate_json(host.paths.machine.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 @pytest.fixture
@@ -148,9 +115,7 @@ def running_machine(tmp_path: Path, pki: Pki, temporal_env: WorkflowEnvironment)
     target = temporal_env.client.service_client.config.target_host
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "node_worker.cli",
+            *HOST_CLI,
             "host",
             "sim-run",
             str(host.paths.dir),
@@ -165,7 +130,7 @@ def running_machine(tmp_path: Path, pki: Pki, temporal_env: WorkflowEnvironment)
     )
     try:
         deadline = time.monotonic() + 60
-        while not ((s := _state(host)) and s.running and s.boots == 1):
+        while not ((s := host.machine_state()) and s.running and s.boots == 1):
             assert time.monotonic() < deadline, "the machine did not boot"
             assert proc.poll() is None, "sim-run exited"
             time.sleep(0.1)
@@ -184,7 +149,7 @@ async def test_upgrade_with_reboot_through_a_real_node_worker(
     temporal_env: WorkflowEnvironment, running_machine: SimHost, https_server: ImageServer, new_image: Image
 ) -> None:
     host = running_machine
-    first = _state(host)
+    first = host.machine_state()
     assert first is not None
     source = disk_source(https_server.url(new_image.name), new_image)
     queue = f"e2e-{uuid.uuid4()}"
@@ -196,7 +161,6 @@ async def test_upgrade_with_reboot_through_a_real_node_worker(
             UpgradeInput(node=NODE, source=source),
             id=f"e2e-{uuid.uuid4()}",
             task_queue=queue,
-            result_type=UpgradeResult,
             execution_timeout=timedelta(minutes=5),
         )
 
@@ -209,7 +173,7 @@ async def test_upgrade_with_reboot_through_a_real_node_worker(
     assert after.slots["B"].os_release is not None and after.slots["B"].os_release.pretty_name == NEW
     assert result.commit.saved_slot == "B" and result.commit.grubenv == {"saved_entry": "B"}
     assert not result.report.status.trial and result.report.status.booted_slot == "B"
-    state = _state(host)
+    state = host.machine_state()
     assert state is not None and state.running and state.boots == 2 and state.booted_slot == "B"
     assert state.pretty_name == NEW and state.boot_id == after.boot_id
     log = host.node_log()
