@@ -61,18 +61,20 @@ The stack is up ({args.nodes} nodes on {BASE_VERSION}). Temporal Web UI: {stack.
   temporal workflow list --query 'WorkflowType="ClusterRollout"'
 
 Logs: {stack.logs}. Ctrl-C stops everything.""")
+    status = 0
     try:
         while not stop.is_set():
             dead = stack.dead()
             if dead:
-                _say(f"warning: {', '.join(p.name for p in dead)} exited; see {stack.logs}")
+                _say(f"error: {', '.join(p.name for p in dead)} exited; see {stack.logs}")
+                status = 1
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
         _say("stopping the stack ...")
         await stack.stop()
-    return 0
+    return status
 
 
 # ------------------------------------------------------------------------------------------------- demo

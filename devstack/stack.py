@@ -35,7 +35,7 @@ from devstack.registry import PushedImage, RegistryServer
 from models.os_resource import API_VERSION, KIND
 from models.rollout import SEARCH_ATTRIBUTES
 from node_worker.images import build_os_image
-from node_worker.sim import create_sim_host
+from node_worker.sim import SimPaths, create_sim_host
 
 log = logging.getLogger("kubeos_rollout.devstack")
 
@@ -43,6 +43,9 @@ BASE_VERSION = "KubeOS 1.0.0"
 IMAGE_VERSIONS = ("KubeOS 1.0.1", "KubeOS 1.0.2")
 DOCKER_VERSION = "KubeOS 1.0.2"
 CA_FILE_NAME = "kubeos-dev-ca.crt"
+#: Written once the stack is ready, ``env`` last: a process waiting for ``env`` finds everything in place.
+ENV_FILE = "env"
+RESOURCE_FILES = ("upgrade_v1alpha1_os.yaml", "rollback_v1alpha1_os.yaml", "docker_upgrade_v1alpha1_os.yaml")
 BIN = Path(sys.executable).parent
 
 
@@ -124,6 +127,8 @@ class DevStack:
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
+        for stale in (ENV_FILE, *RESOURCE_FILES):  # a reused state dir: never let anyone read the last run's
+            (self.state_dir / stale).unlink(missing_ok=True)
         try:
             await asyncio.to_thread(self._start_servers)
             await self._start_kubelets()
@@ -141,15 +146,17 @@ class DevStack:
         self._start_emulator()
         if self.with_registry:
             self._start_registry(ca)
+        ca_copy = self._ca_copy(ca)
         for name in self.node_names():
             directory = self.state_dir / "hosts" / name
-            if not (directory / "host.yaml").exists() and directory.exists():
-                shutil.rmtree(directory)
-            config = (
-                directory / "host.yaml"
-                if (directory / "host.yaml").exists()
-                else create_sim_host(directory, BASE_VERSION, self.slot_size, certs=[self._ca_copy(ca)])
-            )
+            paths = SimPaths(directory)
+            if paths.config.exists():  # a host from an earlier run keeps its disk; the CA is new each run
+                config = paths.config
+                shutil.copyfile(ca_copy, paths.certs / CA_FILE_NAME)
+            else:
+                if directory.exists():
+                    shutil.rmtree(directory)
+                config = create_sim_host(directory, BASE_VERSION, self.slot_size, certs=[ca_copy])
             self.hosts.append(Node(name, directory, config))
             self._spawn(
                 f"machine-{name}",
@@ -301,8 +308,6 @@ class DevStack:
             env[f"DOCKER_IMAGE_{key}"] = self.docker_image.reference
             env[f"DOCKER_DIGEST_{key}"] = self.docker_image.digest
         self.env = env
-        lines = [f"{key}={shlex.quote(value)}" for key, value in env.items()]
-        (self.state_dir / "env").write_text("\n".join(lines) + "\n")
         upgrade_url, upgrade_sum = self.images[IMAGE_VERSIONS[0]]
         self._write_resource(
             "upgrade_v1alpha1_os.yaml",
@@ -351,10 +356,18 @@ class DevStack:
                     "cacert": ca_name,
                 },
             )
+        lines = [f"{key}={shlex.quote(value)}" for key, value in env.items()]
+        self._write_file(ENV_FILE, "\n".join(lines) + "\n")
 
     def _write_resource(self, file_name: str, spec: dict[str, Any]) -> None:
         resource = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "os-sample"}, "spec": spec}
-        (self.state_dir / file_name).write_text(yaml.safe_dump(resource, sort_keys=False))
+        self._write_file(file_name, yaml.safe_dump(resource, sort_keys=False))
+
+    def _write_file(self, file_name: str, text: str) -> None:
+        """Written aside and renamed: whoever waits for the file never reads half of it."""
+        partial = self.state_dir / f".{file_name}.partial"
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(self.state_dir / file_name)
 
     # ---------------------------------------------------------------------------------------- processes
 
@@ -391,6 +404,10 @@ class DevStack:
         await asyncio.to_thread(self._stop_processes)
 
     def _stop_processes(self) -> None:
+        # All are asked at once (newest first) and then awaited, so stopping takes the slowest one's time,
+        # not the sum of them all.
+        for process in reversed(self.processes):
+            _signal(process.popen, signal.SIGTERM)
         for process in reversed(self.processes):
             _terminate(process.popen)
         self.processes.clear()
@@ -402,14 +419,18 @@ class DevStack:
             self.image_server = None
 
 
+def _signal(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the process's whole group (each runs in its own session), so its children stop too."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(popen.pid, sig)
+
+
 def _terminate(popen: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     if popen.poll() is not None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(popen.pid, signal.SIGTERM)
+    _signal(popen, signal.SIGTERM)
     try:
         popen.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
+        _signal(popen, signal.SIGKILL)
         popen.wait(timeout=5)
