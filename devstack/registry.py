@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from devstack.net import free_port
 from devstack.pki import CertFiles, CertificateAuthority, self_signed_rsa
+from node_worker.files import sha256_file
 from node_worker.images import os_release_text
 from node_worker.registry import (
     DOCKER_CONFIG,
@@ -345,12 +346,8 @@ class PushedImage:
     size: int
 
 
-def _hash_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            hasher.update(chunk)
-    return f"sha256:{hasher.hexdigest()}"
+def _digest(path: Path) -> str:
+    return f"sha256:{sha256_file(path)}"
 
 
 def write_tar(source: Path, dest: Path) -> None:
@@ -378,7 +375,7 @@ def layer_from_tar(plain: Path, blob_dir: Path, *, docker: bool = False) -> Laye
     with plain.open("rb") as src, gzip.GzipFile(blob, "wb", mtime=0) as out:
         shutil.copyfileobj(src, out, _CHUNK)
     media_type = DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP
-    return LayerBlob(blob, _hash_file(blob), blob.stat().st_size, _hash_file(plain), media_type)
+    return LayerBlob(blob, _digest(blob), blob.stat().st_size, _digest(plain), media_type)
 
 
 def push_image(

@@ -38,6 +38,7 @@ from models.host import (
 )
 from node_worker import boot
 from node_worker.errors import HostError
+from node_worker.files import file_chunks
 from node_worker.grubenv import GrubEnv, default_slot, entry_slot
 from node_worker.http_source import check_url_policy, download_into
 from node_worker.nodelog import NodeLog
@@ -47,7 +48,7 @@ from node_worker.osrelease import (
     read_slot_fs_identity,
     read_slot_os_release,
 )
-from node_worker.slots import CHUNK, ByteProgress, Slot, resolve_slot
+from node_worker.slots import ByteProgress, Slot, resolve_slot
 from node_worker.tls import TlsFiles, check_tls_files, ssl_context
 from node_worker.writer import SlotWriter, StampStore, write_stream
 
@@ -352,7 +353,7 @@ class HostAgent:
             sha, size = write_stream(
                 slot,
                 self.stamps,
-                _file_chunks(built.path),
+                file_chunks(built.path),
                 built.sha256,
                 lambda d, t: emit("write", d, t, d),
                 total=built.size,
@@ -484,9 +485,3 @@ class HostAgent:
         if current == previous_boot_id:
             raise HostError(HostErrorType.NOT_REBOOTED, f"host has not rebooted yet (boot id {current})")
         return self.status()
-
-
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while data := f.read(CHUNK):
-            yield data

@@ -7,7 +7,6 @@ logic and the kubelet stand-in, which read nothing else.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -15,7 +14,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from node_worker.slots import CHUNK
+from node_worker.files import sha256_file
 
 DEFAULT_IMAGE_SIZE = 64 * 1024 * 1024
 _VERSION_WORD = re.compile(r"^\d[\w.+~-]*$")
@@ -66,14 +65,6 @@ def make_rootfs(
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise ImageBuildError(f"{' '.join(cmd)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while data := f.read(CHUNK):
-            h.update(data)
-    return h.hexdigest()
 
 
 def build_os_image(out: Path, pretty_name: str, size: int = DEFAULT_IMAGE_SIZE) -> str:

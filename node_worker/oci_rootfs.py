@@ -24,7 +24,6 @@ space again before the ext4 image is built.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
@@ -37,6 +36,7 @@ from types import TracebackType
 from typing import IO
 
 from models.host import HostErrorType, ImageSource, OsRelease
+from node_worker.files import sha256_file
 from node_worker.osrelease import parse_os_release
 from node_worker.registry import (
     CHUNK_SIZE,
@@ -233,7 +233,7 @@ def build_rootfs_image(
         image_path = workdir / "rootfs.ext4"
         _make_ext4(tree, image_path, slot_size, label, fs_uuid, space_margin, report)
         shutil.rmtree(tree)
-        sha256 = _hash_file(image_path, report)
+        sha256 = sha256_file(image_path, lambda done, total: report("hash", done, total or 0))
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -636,15 +636,3 @@ def _run_reporting(command: list[str], tick: Callable[[], None]) -> tuple[int, s
             except subprocess.TimeoutExpired:
                 tick()
     return process.returncode, output.strip()
-
-
-def _hash_file(path: Path, report: Progress) -> str:
-    hasher = hashlib.sha256()
-    size = path.stat().st_size
-    done = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            hasher.update(chunk)
-            done += len(chunk)
-            report("hash", done, size)
-    return hasher.hexdigest()

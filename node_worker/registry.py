@@ -37,6 +37,7 @@ import httpx
 
 from models.host import DEFAULT_REGISTRY_AUTH_CONFIG, HostErrorType
 from node_worker.errors import HostError
+from node_worker.files import file_chunks
 from node_worker.tls import ssl_error_in
 
 CHUNK_SIZE = 1024 * 1024
@@ -411,7 +412,7 @@ class RegistryClient:
         url = self.url(path_or_url)
         body: bytes | Iterator[bytes] | None = content if not isinstance(content, Path) else None
         if isinstance(content, Path):
-            body = _file_chunks(content)
+            body = file_chunks(content)  # fresh per attempt, so a retried upload starts over
             all_headers.setdefault("Content-Length", str(content.stat().st_size))
         try:
             request = self._http.build_request(method, url, headers=all_headers, content=body)
@@ -474,13 +475,6 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise RegistryProtocolError(f"token service {params['realm']} returned no token")
         self._auth_headers[scope] = f"Bearer {token}"
-
-
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    """A request body read from disk in chunks (fresh per attempt, so a retried upload starts over)."""
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            yield chunk
 
 
 def _basic_header(credentials: tuple[str, str] | None) -> str:
