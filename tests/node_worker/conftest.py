@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +86,24 @@ def make_sim_host(directory: Path, pki: Pki | None = None, **kwargs: object) -> 
         shutil.copy(pki.client.key, certs / CLIENT_KEY)
     config = load_host_config(config_path)
     return SimHost(SimPaths(directory.resolve()), config, HostAgent(config, node="test-node"))
+
+
+@contextmanager
+def sim_run(host: SimHost, node: str, temporal: str, downtime: float, **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """``host sim-run`` of ``host`` (the machine and its node worker) until the block ends: then SIGTERM, as
+    systemd stops it, and a kill if it does not exit within 60 s."""
+    cmd = [*HOST_CLI, "host", "sim-run", str(host.paths.dir), "--node", node, "--temporal", temporal]
+    proc = subprocess.Popen([*cmd, "--downtime", str(downtime)], text=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="session")

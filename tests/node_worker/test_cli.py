@@ -22,7 +22,17 @@ from node_worker.images import sha256_file
 from node_worker.osrelease import read_slot_os_release
 from node_worker.sim import SimPaths
 from node_worker.slots import Slot
-from tests.node_worker.conftest import CA_NAME, HOST_CLI, NEW, Image, Pki, SimHost, disk_source, make_sim_host
+from tests.node_worker.conftest import (
+    CA_NAME,
+    HOST_CLI,
+    NEW,
+    Image,
+    Pki,
+    SimHost,
+    disk_source,
+    make_sim_host,
+    sim_run,
+)
 
 KUBEOS_ROLLOUT = str(Path(sys.executable).parent / "kubeos-rollout")
 
@@ -173,33 +183,9 @@ def machine(tmp_path: Path, pki: Pki) -> Iterator[tuple[SimHost, subprocess.Pope
     """``host sim-run`` with a Temporal address nobody listens on: the node worker keeps trying to connect,
     which is enough to watch the machine boot and reboot."""
     host = make_sim_host(tmp_path / "m", pki)
-    proc = subprocess.Popen(
-        [
-            *HOST_CLI,
-            "host",
-            "sim-run",
-            str(host.paths.dir),
-            "--node",
-            "n1",
-            "--temporal",
-            f"127.0.0.1:{free_port()}",
-            "--downtime",
-            "0.2",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
+    nobody = f"127.0.0.1:{free_port()}"
+    with sim_run(host, "n1", nobody, 0.2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         yield host, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _reboot_cmd(host: SimHost) -> None:

@@ -3,7 +3,6 @@ and a tiny workflow drives an upgrade through the node activities, reboot includ
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 import uuid
@@ -38,7 +37,7 @@ from models.host import (
     ImageSource,
     node_task_queue,
 )
-from tests.node_worker.conftest import HOST_CLI, NEW, Image, Pki, SimHost, disk_source, make_sim_host
+from tests.node_worker.conftest import NEW, Image, Pki, SimHost, disk_source, make_sim_host, sim_run
 
 NODE = "e2e-node"
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -113,35 +112,14 @@ class TinyUpgrade:
 def running_machine(tmp_path: Path, pki: Pki, temporal_env: WorkflowEnvironment) -> Iterator[SimHost]:
     host = make_sim_host(tmp_path / "machine", pki)
     target = temporal_env.client.service_client.config.target_host
-    proc = subprocess.Popen(
-        [
-            *HOST_CLI,
-            "host",
-            "sim-run",
-            str(host.paths.dir),
-            "--node",
-            NODE,
-            "--temporal",
-            target,
-            "--downtime",
-            "0.3",
-        ],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with sim_run(host, NODE, target, 0.3, stdin=subprocess.DEVNULL) as proc:
         deadline = time.monotonic() + 60
         while not ((s := host.machine_state()) and s.running and s.boots == 1):
             assert time.monotonic() < deadline, "the machine did not boot"
             assert proc.poll() is None, "sim-run exited"
             time.sleep(0.1)
         yield host
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    assert proc.returncode == 0  # SIGTERM stops the machine cleanly
 
 
 @pytest.mark.slow
