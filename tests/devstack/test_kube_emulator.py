@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,9 @@ from kubernetes.client.exceptions import ApiException
 from activities.kube import new_api_client
 from devstack.kube_emulator import KubeEmulator, parse_api_path
 from devstack.kube_resources import OS_CRD_FILE, load_crd_documents
-from tests.support.kube import KubeEnv, kube_env, need_kubectl
+from tests.support.kube import KubeEnv, kube, kube_env, need_kubectl
+
+__all__ = ["kube"]  # fixture used below
 
 GROUP, VERSION, PLURAL = "upgrade.openeuler.org", "v1alpha1", "os"
 OS_SPEC = {
@@ -38,12 +39,6 @@ OS_SPEC = {
     "clientcert": "",
     "clientkey": "",
 }
-
-
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[KubeEnv]:
-    async with kube_env(tmp_path) as env:
-        yield env
 
 
 def os_resource(name: str = "os-sample", **spec: Any) -> dict[str, Any]:

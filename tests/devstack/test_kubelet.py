@@ -6,26 +6,21 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devstack.kubelet import Kubelet
 from models.cluster import CONTROL_PLANE_LABEL, HOSTNAME_LABEL
 from node_worker.sim import SimPaths, read_machine_state
-from tests.support.kube import KubeEnv, kube_env, write_machine
+from tests.support.kube import KubeEnv, kube, write_machine
+
+__all__ = ["kube"]  # fixture used below
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[KubeEnv]:
-    async with kube_env(tmp_path) as env:
-        yield env
 
 
 async def node_or_none(kube: KubeEnv, name: str) -> client.V1Node | None:

@@ -188,3 +188,10 @@ async def kube_env(directory: Path, crds: list[dict[str, Any]] | None = None) ->
             yield KubeEnv(emulator, kubeconfig, api)
         finally:
             api.close()
+
+
+@pytest.fixture
+async def kube(tmp_path: Path) -> AsyncIterator[KubeEnv]:
+    """The emulator for one test; import the fixture into a test module to use it."""
+    async with kube_env(tmp_path) as env:
+        yield env
