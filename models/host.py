@@ -208,7 +208,10 @@ class HostPreflightInput(BaseModel):
 class HostPreflightOutput(BaseModel):
     status: HostStatus
     target_slot: SlotName = Field(description="the slot the operation will boot into")
-    already_staged: bool = Field(description="the target slot's stamp names this checksum (verified at stage)")
+    already_staged: bool = Field(
+        description="the target slot's stamp names this image: the disk image's checksum, or the container image's"
+        " digest given as checksum (a hint: the stage verifies the slot's bytes)"
+    )
 
 
 class HostStageInput(BaseModel):
