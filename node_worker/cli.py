@@ -11,6 +11,7 @@ import asyncio
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -253,17 +254,22 @@ def _build_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The host commands alone (``python -m node_worker.cli``): what the simulated machine runs, so a host's
-    processes import only the host side."""
-    parser = argparse.ArgumentParser(prog="kubeos-rollout")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse and run the chosen command's handler; Ctrl-C ends with the shell's usual 130."""
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The host commands alone (``python -m node_worker.cli``): what the simulated machine runs, so a host's
+    processes import only the host side."""
+    parser = argparse.ArgumentParser(prog="kubeos-rollout")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

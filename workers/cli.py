@@ -35,13 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.handler(args)
-    except KeyboardInterrupt:
-        return 130
-    return code
+    from node_worker.cli import run
+
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":
