@@ -321,6 +321,8 @@ class ClusterRollout:
 
     def _finish(self) -> None:
         state = self.state
+        # A budget that trips on the last node pauses nothing any more: the rollout is over.
+        state.paused, state.pause_reason = False, ""
         if state.rollback_requested:
             self._set_phase(Phase.ROLLED_BACK)
         elif state.superseded_by:

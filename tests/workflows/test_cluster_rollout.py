@@ -258,3 +258,16 @@ async def test_cancelling_a_rollout_puts_the_running_node_back(temporal_env: Wor
         with pytest.raises(WorkflowFailureError):
             await child.result()  # ends cancelled, after putting the host back
     assert node.saved == "A" and node.next_entry is None and not node.cordoned
+
+
+async def test_a_budget_tripped_by_the_last_node_does_not_leave_the_rollout_paused(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    nodes = fleet(2)
+    last = sorted(nodes.nodes)[-1]
+    nodes.nodes[last].broken_versions.add(NEW)
+    async with nodes.workers(temporal_env.client):
+        result = await (await start(temporal_env.client, disk_spec(maxunavailable=1))).result()
+    assert result.phase == Phase.COMPLETED_WITH_FAILURES
+    assert not result.paused and result.pause_reason == ""
+    assert "failed to boot" in result.failures[last]
