@@ -14,7 +14,11 @@ max(longest node, total / maxunavailable), is ``--bound-seconds``. Then:
 The node's own orchestration cost (its steps' round trips through Temporal) is read from the children's
 histories: their run time minus their duration.
 
-    python -m bench.makespan [--nodes 200] [--maxunavailable 20] [--sigma 1.0] [--seed 7] [--bound-seconds 30]
+``--suggest-continue-as-new N`` makes Temporal suggest continue-as-new after N events, so that a small run shows
+what a large one does every ~4,096 parent events: the rollout lets its running nodes finish before it continues.
+
+    python -m bench.makespan [--nodes 200] [--maxunavailable 20] [--sigma 1.0] [--seed 7] [--bound-seconds 60]
+                             [--suggest-continue-as-new N]
 """
 
 from __future__ import annotations
@@ -27,11 +31,18 @@ import statistics
 import sys
 from dataclasses import dataclass
 
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from bench.report import Target, print_machine, print_table, print_targets, tool_version
-from bench.temporal_env import TEMPORAL, fetch_events, fleet, run_rollout, start_dev_server
+from bench.temporal_env import (
+    DEFAULT_PARTITIONS,
+    TEMPORAL,
+    fetch_events,
+    fleet,
+    run_rollout,
+    server_settings,
+    start_dev_server,
+)
 from models.rollout import NodeState, Phase
 
 
@@ -67,37 +78,30 @@ class Measured:
     seconds: float
     #: (duration, the child's run time from its history) per node
     nodes: list[tuple[float, float]]
+    continued_as_new: int
 
 
-async def child_run_times(client: Client, rollout_id: str, first_run_id: str) -> dict[str, float]:
+async def child_run_times(client: Client, children: list[tuple[str, str]]) -> dict[str, float]:
     """Each NodeUpgrade child's time from its first to its last event, keyed by node name."""
-    parent = await fetch_events(client, rollout_id, first_run_id)
-    children = [
-        e.child_workflow_execution_started_event_attributes.workflow_execution
-        for e in parent
-        if e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
-    ]
     times: dict[str, float] = {}
-    for child in children:
-        events = await fetch_events(client, child.workflow_id, child.run_id)
+    for workflow_id, run_id in children:
+        events = await fetch_events(client, workflow_id, run_id)
         span = events[-1].event_time.ToDatetime() - events[0].event_time.ToDatetime()
-        times[child.workflow_id.rsplit("/", 1)[-1]] = span.total_seconds()
+        times[workflow_id.rsplit("/", 1)[-1]] = span.total_seconds()
     return times
 
 
-async def measure(times: list[float], window: int) -> Measured:
-    env = await start_dev_server()
+async def measure(times: list[float], window: int, suggest_continue_as_new: int | None) -> Measured:
+    env = await start_dev_server(suggest_continue_as_new=suggest_continue_as_new)
     try:
         nodes = fleet(len(times), durations=times)
         run = await run_rollout(env.client, nodes, window)
         status = run.status
         if status.phase != Phase.SUCCEEDED or status.counts.get(NodeState.SUCCEEDED) != len(times):
             raise RuntimeError(f"the rollout did not upgrade every node: {status.phase} {status.counts}")
-        if run.histories.continued_as_new:
-            print(f"  note: the rollout continued as new {run.histories.continued_as_new} time(s)")
-        run_times = await child_run_times(env.client, run.workflow_id, run.first_run_id)
+        run_times = await child_run_times(env.client, run.children)
         pairs = [(node.work_seconds, run_times[name]) for name, node in nodes.nodes.items() if name in run_times]
-        return Measured(run.seconds, pairs)
+        return Measured(run.seconds, pairs, run.histories.continued_as_new)
     finally:
         await env.shutdown()
 
@@ -109,12 +113,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma", type=float, default=1.0, help="lognormal sigma: the skew (default 1.0)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the durations (default 7)")
     parser.add_argument(
-        "--bound-seconds", type=float, default=30.0, help="the lower bound after scaling (default 30 s)"
+        "--bound-seconds", type=float, default=60.0, help="the lower bound after scaling (default 60 s)"
+    )
+    parser.add_argument(
+        "--suggest-continue-as-new",
+        type=int,
+        metavar="N",
+        help="history length at which the server suggests continue-as-new (server default 4096)",
     )
     args = parser.parse_args(argv)
     if args.nodes < 1 or args.maxunavailable < 1 or args.sigma < 0 or args.bound_seconds <= 0:
         parser.error("--nodes and --maxunavailable must be at least 1, --sigma at least 0, --bound-seconds positive")
-    print_machine("Makespan benchmark", [("temporal", tool_version([str(TEMPORAL), "--version"]))])
+    print_machine(
+        "Makespan benchmark",
+        [
+            ("temporal", tool_version([str(TEMPORAL), "--version"])),
+            (
+                "dev server",
+                "in memory; " + ", ".join(server_settings(DEFAULT_PARTITIONS, args.suggest_continue_as_new)),
+            ),
+        ],
+    )
     window = args.maxunavailable
     times = scaled(durations(args.nodes, args.sigma, args.seed), window, args.bound_seconds)
     print_table(
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         ],
     )
-    measured = asyncio.run(measure(times, window))
+    measured = asyncio.run(measure(times, window, args.suggest_continue_as_new))
     report(times, window, measured)
     return 0
 
@@ -146,7 +165,11 @@ def report(times: list[float], window: int, measured: Measured) -> None:
     rows = [
         ("lower bound: max(longest, total / maxunavailable)", "computed", bound),
         ("sliding window, no orchestration cost", "computed", ideal),
-        ("sliding window, ours (ClusterRollout on the dev server)", "measured", measured.seconds),
+        (
+            f"sliding window, ours (ClusterRollout on the dev server; {measured.continued_as_new} continue-as-new)",
+            "measured",
+            measured.seconds,
+        ),
         ("batch barrier, the original (whole batch, then the next)", "computed", barrier),
     ]
     print_table(

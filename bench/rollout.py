@@ -7,7 +7,10 @@ side-by-side sequences from as few plain workflows as the history limit allows, 
 this same process. Both are timed from the start request to the last result, with the workers already polling;
 for each maxunavailable they run on one fresh dev server, alternating which goes first.
 
-    python -m bench.rollout [--nodes 1000] [--maxunavailable 50 1000] [--runs 1]
+The dev server runs with one partition per task queue (``--partitions``; the server's default is 4), the right
+setting for a host's queue, which has a single worker; docs/benchmarks.md shows both.
+
+    python -m bench.rollout [--nodes 1000] [--maxunavailable 50 1000] [--runs 1] [--partitions 1]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from temporalio.worker import Worker
 from bench.floor import FLOOR_ACTIVITY_QUEUE, FLOOR_TASK_QUEUE, FLOOR_WORKFLOW, BenchFloor, noop, plan
 from bench.report import Target, print_machine, print_table, print_targets, tool_version
 from bench.temporal_env import (
+    DEFAULT_PARTITIONS,
     HISTORY_WARNING,
     TEMPORAL,
     CpuClock,
@@ -35,6 +39,7 @@ from bench.temporal_env import (
     collect,
     fleet,
     run_rollout,
+    server_settings,
     start_dev_server,
 )
 from models.rollout import NodeState, Phase
@@ -105,9 +110,9 @@ async def run_ours(client: Client, nodes: int, maxunavailable: int) -> RolloutRu
     return result
 
 
-async def measure(nodes: int, maxunavailable: int, runs: int) -> Setting:
+async def measure(nodes: int, maxunavailable: int, runs: int, partitions: int) -> Setting:
     setting = Setting(maxunavailable)
-    env = await start_dev_server()
+    env = await start_dev_server(partitions)
     try:
         for run in range(runs):
             # Ours first on even runs: the floor needs our activity count from the first one.
@@ -135,6 +140,10 @@ def _group(by_type: Counter[str]) -> dict[str, int]:
         group = next((g for g, prefixes in _GROUPS.items() if bare.startswith(prefixes)), "other")
         groups[group] += count
     return groups
+
+
+def _cpu(clock: CpuClock) -> float:
+    return max(clock.server + clock.worker, 1e-9)
 
 
 def report(nodes: int, settings: list[Setting]) -> None:
@@ -178,12 +187,13 @@ def report(nodes: int, settings: list[Setting]) -> None:
             breakdown.append((s.maxunavailable, group, f"{mine[group] / nodes:.1f}", f"{bare[group] / nodes:.1f}"))
     print_table("Where the events go (per node)", ("maxunavailable", "events", "ours", "floor"), breakdown)
     print_table(
-        "Ratios",
-        ("maxunavailable", "ours / floor (wall)", "ours / floor (events)"),
+        "Ratios (CPU: dev server + this process, less sensitive than wall time to other work on the machine)",
+        ("maxunavailable", "ours / floor (wall)", "ours / floor (cpu)", "ours / floor (events)"),
         [
             (
                 s.maxunavailable,
                 f"{s.ours_seconds / s.floor_seconds:.2f}",
+                f"{_cpu(s.ours[0].cpu) / _cpu(s.floor[0].cpu):.2f}",
                 f"{s.ours[0].histories.events / s.floor[0].histories.events:.2f}",
             )
             for s in settings
@@ -210,11 +220,20 @@ def main(argv: list[str] | None = None) -> int:
         "--maxunavailable", type=int, nargs="+", default=[50, 1000], help="window sizes to run (default 50 1000)"
     )
     parser.add_argument("--runs", type=int, default=1, help="runs of ours and of the floor per window (default 1)")
+    parser.add_argument(
+        "--partitions", type=int, default=DEFAULT_PARTITIONS, help="dev server partitions per task queue (default 1)"
+    )
     args = parser.parse_args(argv)
-    if args.nodes < 1 or args.runs < 1 or min(args.maxunavailable) < 1:
-        parser.error("--nodes, --runs and every --maxunavailable must be at least 1")
-    print_machine("Rollout overhead benchmark", [("temporal", tool_version([str(TEMPORAL), "--version"]))])
-    settings = [asyncio.run(measure(args.nodes, mu, args.runs)) for mu in args.maxunavailable]
+    if min(args.nodes, args.runs, args.partitions, *args.maxunavailable) < 1:
+        parser.error("--nodes, --runs, --partitions and every --maxunavailable must be at least 1")
+    print_machine(
+        "Rollout overhead benchmark",
+        [
+            ("temporal", tool_version([str(TEMPORAL), "--version"])),
+            ("dev server", "in memory; " + ", ".join(server_settings(args.partitions))),
+        ],
+    )
+    settings = [asyncio.run(measure(args.nodes, mu, args.runs, args.partitions)) for mu in args.maxunavailable]
     report(args.nodes, settings)
     return 0
 

@@ -31,19 +31,38 @@ TEMPORAL = Path(sys.executable).parent / "temporal"
 OLD, NEW = "KubeOS 1.0.0", "KubeOS 1.0.1"
 #: Temporal warns at 10,240 events in one history (the hard limit is 51,200).
 HISTORY_WARNING = 10_240
+#: Partitions per task queue. One is right for a host's queue, which has one worker: with the server's default of
+#: 4, a thousand node queues make the server load and sync 8,000 partitions (it then rate-limits its own calls).
+DEFAULT_PARTITIONS = 1
 _FETCH_CONCURRENCY = 32
 
 
-async def start_dev_server(*extra_args: str) -> WorkflowEnvironment:
+def server_settings(partitions: int, suggest_continue_as_new: int | None = None) -> list[str]:
+    """The dev server's dynamic configuration for a benchmark: ``partitions`` per task queue, and optionally the
+    history length at which Temporal suggests continue-as-new (the server's default is 4,096 events)."""
+    settings = [
+        f"matching.numTaskqueueReadPartitions={partitions}",
+        f"matching.numTaskqueueWritePartitions={partitions}",
+    ]
+    if suggest_continue_as_new is not None:
+        settings.append(f"limit.historyCount.suggestContinueAsNew={suggest_continue_as_new}")
+    return settings
+
+
+async def start_dev_server(
+    partitions: int = DEFAULT_PARTITIONS, suggest_continue_as_new: int | None = None
+) -> WorkflowEnvironment:
     """A Temporal dev server (in memory) on 127.0.0.1 with the rollout's search attributes registered."""
     if not TEMPORAL.exists():
         raise RuntimeError(f"{TEMPORAL} is missing: install the dev extras (make deps)")
+    settings = server_settings(partitions, suggest_continue_as_new)
+    args = [arg for setting in settings for arg in ("--dynamic-config-value", setting)]
     return await WorkflowEnvironment.start_local(
         data_converter=data_converter(),
         dev_server_existing_path=str(TEMPORAL),
         dev_server_log_level="error",
         search_attributes=[SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES],
-        dev_server_extra_args=list(extra_args),
+        dev_server_extra_args=args,
     )
 
 
@@ -164,8 +183,11 @@ async def collect(client: Client, executions: list[tuple[str, str]], stats: Hist
     return stats
 
 
-async def rollout_histories(client: Client, workflow_id: str, first_run_id: str) -> HistoryStats:
-    """Every run of the rollout (continue-as-new chain) and every child it started."""
+async def rollout_histories(
+    client: Client, workflow_id: str, first_run_id: str
+) -> tuple[HistoryStats, list[tuple[str, str]]]:
+    """The histories of every run of the rollout (continue-as-new chain) and every child it started; and the
+    children as (workflow id, run id)."""
     stats = HistoryStats()
     children: list[tuple[str, str]] = []
     run_id: str | None = first_run_id
@@ -179,16 +201,16 @@ async def rollout_histories(client: Client, workflow_id: str, first_run_id: str)
                 children.append((child.workflow_id, child.run_id))
             elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
                 run_id = event.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-    return await collect(client, children, stats)
+    return await collect(client, children, stats), children
 
 
 @dataclass
 class RolloutRun:
     workflow_id: str
-    first_run_id: str
     seconds: float
     status: RolloutStatus
     histories: HistoryStats
+    children: list[tuple[str, str]]
     cpu: CpuClock
 
 
@@ -206,6 +228,5 @@ async def run_rollout(client: Client, nodes: FakeFleet, maxunavailable: int) -> 
             )
             status = await handle.result()
             seconds = time.perf_counter() - start
-    first_run_id = handle.first_execution_run_id or ""
-    histories = await rollout_histories(client, handle.id, first_run_id)
-    return RolloutRun(handle.id, first_run_id, seconds, status, histories, cpu)
+    histories, children = await rollout_histories(client, handle.id, handle.first_execution_run_id or "")
+    return RolloutRun(handle.id, seconds, status, histories, children, cpu)
