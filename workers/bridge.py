@@ -423,7 +423,8 @@ class Bridge:
 
     def _pending_status(self, tracked: Tracked, waiting: str) -> OSStatus:
         """The status of a generation whose rollout has not started yet: observedGeneration moves at once, so
-        nobody mistakes the previous generation's phase for this one's."""
+        nobody mistakes the previous generation's phase for this one's. No workflowId yet: once one is shown,
+        the workflow exists."""
         conditions = [
             Condition(type="Valid", status="True", reason="Accepted"),
             Condition(type="Completed", status="False", reason="Pending", message=waiting),
@@ -432,8 +433,6 @@ class Bridge:
             phase="Pending",
             progress="-",
             observedGeneration=tracked.generation,
-            workflowId=tracked.workflow_id,
-            webUI=self._link(tracked),
             conditions=self._stamped(tracked, conditions),
         )
 
