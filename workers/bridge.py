@@ -45,6 +45,8 @@ from models.os_resource import (
     API_VERSION,
     GROUP,
     KIND,
+    NODESELECTOR_ALL,
+    NODESELECTOR_NO_LABEL,
     PLURAL,
     VERSION,
     Condition,
@@ -100,6 +102,12 @@ class Tracked:
     after: list[str] = field(default_factory=list)
     started: bool = False  # the workflow exists (started now, or found from an earlier bridge)
     done: bool = False
+    #: The resource's nodeselector: two resources selecting the same nodes never roll out at the same time.
+    selector: str = ""
+
+    def overlaps(self, other: Tracked) -> bool:
+        """Whether both may select one node: the same selector, or one of them selects every node."""
+        return self.selector == other.selector or NODESELECTOR_ALL in (self.selector, other.selector)
 
 
 class Bridge:
@@ -237,6 +245,8 @@ class Bridge:
             await self._mark_invalid(namespace, name, uid, generation, [str(e) for e in report.errors], status)
             return
         tracked = Tracked(namespace, name, uid, generation, workflow_id, conditions=_conditions(status))
+        assert report.spec is not None
+        tracked.selector = report.spec.nodeselector or NODESELECTOR_NO_LABEL
         if status.get("workflowId") == workflow_id:  # an earlier bridge got this far: announce nothing twice
             tracked.phase = str(status.get("phase") or "")
             nodes = status.get("nodes")
@@ -285,6 +295,7 @@ class Bridge:
                     await self._event(tracked, "RolloutSuperseded", message, "Normal")
             for workflow_id in sorted(earlier):
                 await self._await_end(workflow_id)
+            await self._await_overlapping(tracked)
             try:
                 handle = await start_rollout(self._client, obj, tracked.workflow_id)
                 tracked.run_id = handle.result_run_id or ""
@@ -293,6 +304,28 @@ class Bridge:
                 pass  # it exists after all (started between our look and now): follow it
         tracked.started = True
         await self._sync(tracked)
+
+    async def _await_overlapping(self, tracked: Tracked) -> None:
+        """Wait while another resource's rollout may work on the same nodes (the reference refuses two resources
+        with one nodeselector; we queue the later one instead, so applying resources one after another works)."""
+        ended: set[str] = set()
+        while True:
+            busy = sorted(
+                other.workflow_id
+                for key, other in self._tracked.items()
+                if key != (tracked.namespace, tracked.name)
+                and other.started
+                and not other.done
+                and other.workflow_id not in ended
+                and tracked.overlaps(other)
+            )
+            if not busy:
+                return
+            waiting = f"waiting for {', '.join(busy)} to finish: it selects the same nodes"
+            await self._patch_status(tracked.namespace, tracked.name, self._pending_status(tracked, waiting))
+            for workflow_id in busy:
+                await self._await_end(workflow_id)
+                ended.add(workflow_id)
 
     async def _exists(self, workflow_id: str) -> bool:
         try:

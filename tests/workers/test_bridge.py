@@ -387,3 +387,24 @@ async def test_a_resource_deleted_while_no_bridge_ran_has_its_rollout_superseded
         async with running_bridge(client):
             result = await asyncio.wait_for(handle.result(), LIMIT)
     assert result.phase == Phase.SUPERSEDED
+
+
+async def test_two_resources_selecting_the_same_nodes_take_turns(
+    kube: KubeEnv, temporal_env: WorkflowEnvironment
+) -> None:
+    nodes = slow_fleet(2)
+    client = temporal_env.client
+    async with nodes.workers(client), running_bridge(client):
+        first = await create(kube, os_resource("first"))
+        held_first = await held(client, workflow_of(first))
+        second = await create(kube, os_resource("second", osversion=NEWER))
+        waiting = await wait_status(kube, second, lambda s: "same nodes" in str(s.get("conditions")))
+        assert waiting["phase"] == "Pending" and not await rollouts_of(client, second)
+        speed_up(nodes)
+        await held_first.signal("resume")
+        await wait_status(kube, first, finished(1))
+        await wait_status(kube, second, finished(1))
+    first_run = await client.get_workflow_handle(workflow_of(first)).describe()
+    second_run = await client.get_workflow_handle(workflow_of(second)).describe()
+    assert first_run.close_time is not None and first_run.close_time <= second_run.start_time
+    assert all(n.running_version == NEWER for n in nodes.nodes.values())
