@@ -158,8 +158,10 @@ async def _demo(args: argparse.Namespace) -> int:
             state_dir = args.state_dir.resolve()
         stack = DevStack(state_dir, nodes=args.nodes, with_registry=args.imagetype == "docker")
         _say(f"Starting the embedded stack ({args.nodes} simulated hosts on {BASE_VERSION}) in {state_dir} ...")
+        began = time.monotonic()
         try:
             await stack.start()
+            _say(f"Stack ready in {time.monotonic() - began:.0f}s. Temporal Web UI: {stack.web_ui}")
             return await _story(stack, args.imagetype)
         except StackError as exc:
             _say(f"\ndemo failed: {exc}")
@@ -176,7 +178,6 @@ async def _story(stack: DevStack, imagetype: str) -> int:
     upgrade = stack.state_dir / (
         "docker_upgrade_v1alpha1_os.yaml" if imagetype == "docker" else "upgrade_v1alpha1_os.yaml"
     )
-    _say(f"Stack ready in {time.monotonic() - demo.started:.0f}s. Temporal Web UI: {stack.web_ui}")
     _say(f"\n--- The OS resource ({upgrade.name}) ---")
     _say(upgrade.read_text().rstrip())
     before = demo.versions("versions before")
@@ -193,7 +194,7 @@ async def _story(stack: DevStack, imagetype: str) -> int:
         _say(f"\nthe rollback ended {phase}; nodes: {again}")
         return 1
     _say(
-        f"\nDemo complete in {time.monotonic() - demo.started:.0f}s: {BASE_VERSION} -> {target} -> {BASE_VERSION} "
+        f"\nThe story took {time.monotonic() - demo.started:.0f}s: {BASE_VERSION} -> {target} -> {BASE_VERSION} "
         f"on {len(after)} nodes. Rollouts stay visible in the Web UI while a stack runs (kubeos-rollout dev)."
     )
     return 0
