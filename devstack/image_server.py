@@ -2,8 +2,8 @@
 
 It speaks enough HTTP for the download path: ``Content-Length``, ``Accept-Ranges``, ``Range: bytes=N-``,
 ``If-Range`` with a strong ETag, and chunked transfer for files served without a length. Faults for the tests are
-switched per file: cut the connection after N bytes, ignore ranges, answer a fixed status. Every request is
-recorded so a test can tell what the client asked for.
+switched per file: cut the connection after N bytes, stall a transfer until released, ignore ranges, answer a
+fixed status. Every request is recorded so a test can tell what the client asked for.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 _RANGE_RE = re.compile(r"^bytes=(\d+)-$")
+#: A stalled transfer goes on after this long even if nobody releases it (tests never hang on a forgotten hold).
+_HOLD_LIMIT_SECONDS = 300.0
 
 
 @dataclass
@@ -28,6 +30,11 @@ class Fault:
     ignore_ranges: bool = False
     status: int | None = None  # answer this status instead of the file
     chunked: bool = False  # no Content-Length: transfer-encoding chunked
+    # Stall the first transfer after N bytes until ``release`` is set (``held`` tells that it is stalled): a test
+    # can then kill or restart something while a download is certainly in progress.
+    hold_after: int | None = None
+    held: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with path.open("rb") as f:
             f.seek(start)
             while data := f.read(256 * 1024):
+                if fault.hold_after is not None and not fault.held.is_set() and sent + len(data) > fault.hold_after:
+                    head = data[: max(fault.hold_after - sent, 0)]
+                    self._write(head, fault.chunked)
+                    self.wfile.flush()
+                    sent, data = sent + len(head), data[len(head) :]
+                    fault.held.set()
+                    fault.release.wait(_HOLD_LIMIT_SECONDS)
                 if cut is not None and sent + len(data) > cut:
                     data = data[: cut - sent]
                     self._write(data, fault.chunked)
