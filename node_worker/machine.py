@@ -1,11 +1,13 @@
 """The simulated machine (``host sim-run DIR``): boots a simulated host as its GRUB would and runs its node worker.
 
 A boot picks the slot exactly as ``deploy/node/grub.cfg`` does: ``next_entry`` once (cleared as it boots), else
-``saved_entry``; a slot without a filesystem holding an os-release does not boot, nor does one whose ``root=``
-names a filesystem LABEL/UUID that the slot does not carry (``sim.root_problem``), and GRUB's fallback takes the
-other entry. The boot writes the kernel command line and a new boot id, then the node worker starts as a child
-process. The reboot command of the simulated host leaves a request file; the supervisor then stops the worker
-(the machine goes down), waits the downtime, and boots again. ``machine.json`` always says where the machine is.
+``saved_entry``; a slot without a filesystem holding an os-release does not boot, nor does one whose image holds
+:data:`PANIC_MARKER` (an image whose kernel panics) or whose ``root=`` names a filesystem LABEL/UUID that the
+slot does not carry (``sim.root_problem``), and GRUB's fallback takes the other entry. The boot writes
+the kernel command line and a new boot id, then the node worker starts as a child process; like systemd with
+the node worker's unit (``Restart=always``, ``RestartSec=5``), the supervisor starts it again when it exits.
+The reboot command of the simulated host leaves a request file; the supervisor then stops the worker (the
+machine goes down), waits the downtime, and boots again. ``machine.json`` always says where the machine is.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from models.host import HostConfig, SimMachineState, SlotName, other_slot
 from node_worker.config import load_host_config
 from node_worker.grubenv import GrubEnv, next_boot
 from node_worker.nodelog import NodeLog
-from node_worker.osrelease import OsReleaseUnreadable, read_slot_os_release
+from node_worker.osrelease import OsReleaseUnreadable, read_slot_os_release, slot_has_file
 from node_worker.sim import SimPaths, read_machine_state, root_problem, write_boot_files, write_machine_state
 from node_worker.slots import resolve_slot
 
 _log = logging.getLogger("kubeos.machine")
 _POLL = 0.1
 _STOP_GRACE = 15.0
-_RESTART_DELAY = 2.0
+#: As ``RestartSec=`` of deploy/node/kubeos-node-worker.service.
+_RESTART_DELAY = 5.0
+#: A file an image may carry to stand for a kernel that panics at boot: the slot never comes up.
+PANIC_MARKER = "/etc/kubeos-sim/panic-on-boot"
 
 
 class BootFailed(Exception):
@@ -47,10 +52,16 @@ def boot(paths: SimPaths, config: HostConfig, previous: SimMachineState | None, 
     chosen: SlotName | None = None
     pretty = ""
     for candidate in (first, other_slot(first)):
+        slot = resolve_slot(config, candidate)
         try:
-            pretty = read_slot_os_release(resolve_slot(config, candidate)).pretty_name
+            pretty = read_slot_os_release(slot).pretty_name
+            panics = slot_has_file(slot, PANIC_MARKER)
         except OsReleaseUnreadable as exc:
             log.error(f"boot: slot {candidate} does not boot ({exc}); falling back")
+            failed = failed or candidate
+            continue
+        if panics:
+            log.error(f"boot: slot {candidate} ({pretty}) panics at boot; falling back")
             failed = failed or candidate
             continue
         if problem := root_problem(config, candidate):

@@ -88,6 +88,12 @@ def _read_file_in_fs(spec: str, path: str) -> str:
     raise OsReleaseUnreadable(f"too many symbolic links at {path}")
 
 
+def slot_has_file(slot: Slot, path: str) -> bool:
+    """Whether the filesystem in ``slot`` holds ``path`` (False when there is no such file or no filesystem)."""
+    _info, err = _debugfs(slot.debugfs_spec, f"stat {path}")
+    return not err
+
+
 def read_slot_os_release(slot: Slot) -> OsRelease:
     """The os-release inside ``slot``, read with debugfs; raises :class:`OsReleaseUnreadable`."""
     problems = []

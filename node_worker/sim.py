@@ -18,7 +18,8 @@ Layout of ``DIR``::
     hang-on-reboot  fault knob: when present, the next reboot never comes back
 
 A freshly installed KubeOS boots slot A holding the installed version; slot B holds an empty filesystem (the
-installer formats both), so a rollback is refused until an upgrade has run.
+installer formats both), so a rollback is refused until an upgrade has run. A second fault knob travels with an
+image: one holding ``/etc/kubeos-sim/panic-on-boot`` never comes up (see ``node_worker.machine``).
 """
 
 from __future__ import annotations
