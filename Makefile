@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := grub-common fdisk e2fsprogs nginx docker-registry skopeo umoci curl chromium kubectl
 
-.PHONY: demo test quick lint crd deps apt bench
+.PHONY: demo test quick reliability lint crd deps apt bench
 
 demo: deps
 	$(VENV)/bin/kubeos-rollout demo $(ARGS)
@@ -25,6 +25,14 @@ bench: deps
 	$(PY) -m bench.staging
 	$(PY) -m bench.rollout
 	$(PY) -m bench.makespan
+
+# The fault and bad-input suite, counted (about 6 minutes): each scenario appends its result and the table in
+# docs/reliability.md is rendered from them, also after a failure, which then shows in the table.
+RELIABILITY_RESULTS ?= build/reliability
+reliability: deps
+	rm -rf $(RELIABILITY_RESULTS)
+	KUBEOS_RELIABILITY_RESULTS=$(RELIABILITY_RESULTS) $(VENV)/bin/pytest -q -m reliability tests/reliability; \
+	status=$$?; $(PY) -m tests.reliability.results $(RELIABILITY_RESULTS) --doc docs/reliability.md; exit $$status
 
 lint: deps
 	$(VENV)/bin/ruff check .
