@@ -10,6 +10,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.node import NodeActivities
+from devstack.image_server import Fault, ImageServer
 from models.host import (
     HostAwaitRebootInput,
     HostCommitInput,
@@ -25,7 +26,6 @@ from models.host import (
 from node_worker import http_source
 from tests.node_worker import conftest as host_fixtures
 from tests.node_worker.conftest import NEW, OLD, Image, SimHost, disk_source
-from devstack.image_server import Fault, ImageServer
 
 # The simulated host, image and HTTPS server fixtures of the host tests (tests/node_worker/conftest.py).
 pki = host_fixtures.pki
