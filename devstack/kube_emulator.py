@@ -8,8 +8,10 @@ answered by ``devstack.kube_store.Store`` through one reaction at a priority jus
 
 Served: the built-in kinds of ``devstack.kube_resources.SERVED_GROUPS`` and the project's ``OS`` CRD (plus
 any CRD created through the API); get/list (label and field selectors, ``Table`` for kubectl's default
-output), watch (resumable from a resourceVersion, ``timeoutSeconds``), create (201), PUT, PATCH (JSON,
-merge and strategic merge), DELETE (finalizers), ``/status``, ``pods/eviction`` with PodDisruptionBudgets.
+output, see ``devstack.kube_tables``), watch (resumable from a resourceVersion, ``timeoutSeconds``, and the
+watch-list protocol of ``sendInitialEvents``), create (201; JSON bodies, and the protobuf ones kubectl sends
+for built-in kinds, see ``devstack.kube_protobuf``), PUT, PATCH (JSON, merge and strategic merge), DELETE
+(finalizers), ``/status``, ``pods/eviction`` with PodDisruptionBudgets.
 
 Programmatic use::
 
@@ -39,9 +41,10 @@ import aiohttp.web
 import kmock
 import yaml
 
+from devstack.kube_protobuf import MEDIA_TYPE as PROTOBUF
+from devstack.kube_protobuf import ProtobufError, decode_object
 from devstack.kube_resources import (
     Kind,
-    as_table,
     builtin_kinds,
     default_crds,
     discovery_entries,
@@ -50,12 +53,14 @@ from devstack.kube_resources import (
     openapi_v3_root,
 )
 from devstack.kube_store import DEFAULT_NAMESPACES, Change, CordonTransition, Store, api_error
+from devstack.kube_tables import as_table
 
 # Kept bounded so a dev stack running for days does not grow without limit (kmock records every request).
 _KEEP_REQUESTS = 5000
 _KEEP_ERRORS = 100
 _WATCH_POLL_SECONDS = 1.0
 _OPENAPI_V3 = "/openapi/v3"
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,19 @@ def _header(request: kmock.Request, name: str) -> str:
     return next((str(v) for k, v in request.headers.items() if k.lower() == wanted), "")
 
 
+def _decode_body(body: bytes, protobuf: bool) -> Any:
+    """The request body as JSON data: None when it is empty or not JSON (the store names what it lacks)."""
+    if protobuf:
+        try:
+            return decode_object(body)
+        except ProtobufError as e:
+            raise api_error(415, "UnsupportedMediaType", f"cannot read the protobuf body: {e}") from e
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
 def _flag(value: str | None) -> bool:
     return (value or "").lower() in ("true", "1")
 
@@ -129,15 +147,17 @@ class ApiServer(kmock.KubernetesEmulator):
         return kinds
 
     # kmock's request parser raises on the Namespace collection URL (/api/v1/namespaces: "namespaces" there is
-    # the resource, not a scope). Record and dispatch such requests here; all others go through kmock as is.
+    # the resource, not a scope) and on bodies that are not UTF-8 (the protobuf kubectl sends for built-in
+    # kinds). Parse such requests here; all others go through kmock as is.
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        if raw_request.path.rstrip("/") != "/api/v1/namespaces":
+        protobuf = raw_request.content_type == PROTOBUF
+        if raw_request.path.rstrip("/") != "/api/v1/namespaces" and not protobuf:
             return await super().__call__(raw_request)
         body = await raw_request.read()
         try:
-            data = json.loads(body) if body else None
-        except ValueError:
-            data = None
+            data = _decode_body(body, protobuf)
+        except kmock.KubernetesError as e:
+            return await self._render_error(e)
         request = kmock.Request(
             id=len(self._requests),
             raw_request=raw_request,
@@ -146,7 +166,7 @@ class ApiServer(kmock.KubernetesEmulator):
             params=dict(raw_request.query),
             headers=dict(raw_request.headers),
             body=body,
-            text=body.decode("utf-8", "replace"),
+            text=json.dumps(data) if protobuf else body.decode("utf-8", "replace"),
             data=data,
         )
         self._requests.append(request)
@@ -215,6 +235,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
         if method == "GET":
             if _flag(params.get("watch")):
+                _check_watch_list(params, kind)
                 return self._reply(self._watch(request, kind, namespace, path.name))
             if path.name is None:
                 items = store.list_objects(
@@ -304,12 +325,19 @@ class ApiServer(kmock.KubernetesEmulator):
         store.listeners.append(wake.set)
         try:
             since_text = params.get("resourceVersion", "")
-            if since_text in ("", "0"):
-                # "Any"/"most recent": the current state as ADDED events, then the changes that follow.
+            initial_events = params.get("sendInitialEvents")
+            if _flag(initial_events) or (initial_events is None and since_text in ("", "0")):
+                # The current state as ADDED events, then the changes that follow: "Any"/"most recent" of a
+                # classic watch, or the start of a watch-list stream (kubectl wait, informers of client-go).
                 since = store.revision
                 for obj in store.list_objects(kind, namespace):
                     if visible(obj):
                         yield present({"type": "ADDED", "object": obj})
+                if _flag(initial_events):
+                    # A watch-list client waits for this bookmark before it trusts its cache.
+                    yield _initial_events_end(kind, since)
+            elif initial_events is not None and since_text in ("", "0"):
+                since = store.revision  # sendInitialEvents=false without a version: changes from now on
             else:
                 since = int(since_text) if since_text.isdigit() else -1
                 oldest = store.changes[0].revision if store.changes else store.revision + 1
@@ -361,6 +389,26 @@ def _event_for(change: Change, kind: Kind, visible: Any) -> dict[str, Any] | Non
     if was:
         return {"type": "DELETED", "object": change.new}
     return None
+
+
+def _check_watch_list(params: Mapping[str, str], kind: Kind) -> None:
+    """The API server's rules for a watch-list request (``sendInitialEvents``), checked before streaming."""
+    if "sendInitialEvents" not in params:
+        if params.get("resourceVersionMatch"):
+            raise api_error(
+                422, "Invalid", "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided", kind
+            )
+        return
+    if params.get("resourceVersionMatch") != "NotOlderThan":
+        raise api_error(422, "Invalid", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan", kind)
+    if not _flag(params.get("allowWatchBookmarks")):
+        raise api_error(422, "Invalid", "sendInitialEvents requires setting allowWatchBookmarks to true", kind)
+
+
+def _initial_events_end(kind: Kind, revision: int) -> dict[str, Any]:
+    """The BOOKMARK that ends the initial events of a watch-list stream."""
+    metadata = {"resourceVersion": str(revision), "annotations": {INITIAL_EVENTS_END: "true"}}
+    return {"type": "BOOKMARK", "object": {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": metadata}}
 
 
 def _expired(since: str) -> dict[str, Any]:

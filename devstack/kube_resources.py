@@ -1,4 +1,4 @@
-"""Which resource kinds the emulated API server serves, and how ``kubectl get`` shows them.
+"""Which resource kinds the emulated API server serves, as discovery and OpenAPI documents describe them.
 
 Built-in kinds come from kmock's bundled discovery data (taken from a real cluster), trimmed to the groups a
 node rollout touches so that kubectl's short names stay unambiguous (the bundle also has ``metrics.k8s.io``
@@ -11,7 +11,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ class PrinterColumn:
     name: str
     json_path: str
     type: str = "string"
+    priority: int = 0  # 1: shown by kubectl only with -o wide
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def kinds_from_crd(crd: Mapping[str, Any]) -> list[Kind]:
         if not version.get("served", True):
             continue
         columns = tuple(
-            PrinterColumn(c["name"], c["jsonPath"], c.get("type", "string"))
+            PrinterColumn(c["name"], c["jsonPath"], c.get("type", "string"), int(c.get("priority", 0)))
             for c in version.get("additionalPrinterColumns") or []
         )
         kinds.append(
@@ -219,110 +219,3 @@ def default_crds() -> list[JSON]:
     from models.crd import os_crd  # the generator of that file: one home for the CRD
 
     return [os_crd()]
-
-
-# ---------------------------------------------------------------------------------------------- printing
-
-
-def human_age(timestamp: str | None, now: datetime | None = None) -> str:
-    """kubectl's AGE column: 45s, 12m, 3h, 5d."""
-    if not timestamp:
-        return "<unknown>"
-    try:
-        then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
-        return "<invalid>"
-    seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= 2 * size or (unit == "m" and seconds >= 120):
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _json_path(obj: Any, path: str) -> Any:
-    current = obj
-    for part in path.strip(".").split("."):
-        if not isinstance(current, Mapping):
-            return None
-        current = current.get(part)
-    return current
-
-
-def _node_columns(obj: JSON) -> list[Any]:
-    meta, status, spec = obj.get("metadata") or {}, obj.get("status") or {}, obj.get("spec") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    state = "Ready" if ready else "NotReady"
-    if spec.get("unschedulable"):
-        state += ",SchedulingDisabled"
-    prefix = "node-role.kubernetes.io/"
-    roles = sorted(k[len(prefix) :] for k in (meta.get("labels") or {}) if k.startswith(prefix))
-    version = (status.get("nodeInfo") or {}).get("kubeletVersion", "")
-    return [state, ",".join(roles) or "<none>", human_age(meta.get("creationTimestamp")), version]
-
-
-def _pod_columns(obj: JSON) -> list[Any]:
-    status = obj.get("status") or {}
-    return [
-        status.get("phase", "Pending"),
-        (obj.get("spec") or {}).get("nodeName", "<none>"),
-        human_age((obj.get("metadata") or {}).get("creationTimestamp")),
-    ]
-
-
-def table_columns(kind: Kind) -> list[tuple[str, str]]:
-    """(name, type) of the columns after NAME."""
-    if kind.custom:
-        return [(c.name, c.type) for c in kind.printer_columns] or [("Age", "date")]
-    if kind.plural == "nodes" and kind.group == "":
-        return [("Status", "string"), ("Roles", "string"), ("Age", "string"), ("Version", "string")]
-    if kind.plural == "pods" and kind.group == "":
-        return [("Status", "string"), ("Node", "string"), ("Age", "string")]
-    if kind.plural == "namespaces" and kind.group == "":
-        return [("Status", "string"), ("Age", "string")]
-    return [("Age", "string")]
-
-
-def table_cells(kind: Kind, obj: JSON) -> list[Any]:
-    name = (obj.get("metadata") or {}).get("name", "")
-    if kind.custom:
-        if not kind.printer_columns:
-            return [name, human_age((obj.get("metadata") or {}).get("creationTimestamp"))]
-        cells: list[Any] = [name]
-        for column in kind.printer_columns:
-            value = _json_path(obj, column.json_path)
-            cells.append(human_age(value) if column.type == "date" and value else value)
-        return cells
-    if kind.plural == "nodes" and kind.group == "":
-        return [name, *_node_columns(obj)]
-    if kind.plural == "pods" and kind.group == "":
-        return [name, *_pod_columns(obj)]
-    if kind.plural == "namespaces" and kind.group == "":
-        phase = (obj.get("status") or {}).get("phase", "")
-        return [name, phase, human_age((obj.get("metadata") or {}).get("creationTimestamp"))]
-    return [name, human_age((obj.get("metadata") or {}).get("creationTimestamp"))]
-
-
-def as_table(kind: Kind, objects: Iterable[JSON], resource_version: str) -> JSON:
-    """A meta.k8s.io/v1 Table, what ``kubectl get`` asks for to print its default columns."""
-    columns = [("Name", "string"), *table_columns(kind)]
-    return {
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": {"resourceVersion": resource_version},
-        "columnDefinitions": [
-            # Dates are sent already humanised ("5m"), so every cell is a string to kubectl.
-            {"name": n, "type": "string", "format": "name" if n == "Name" else ""}
-            for n, _ in columns
-        ],
-        "rows": [
-            {
-                "cells": table_cells(kind, obj),
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": obj.get("metadata") or {},
-                },
-            }
-            for obj in objects
-        ],
-    }

@@ -287,11 +287,12 @@ class Store:
         if kind.group != "":
             return
         _normalise_node(kind, obj)
-        if kind.plural == "namespaces":
-            obj.setdefault("status", {"phase": "Active"})
-        elif kind.plural == "pods":
-            # Kept if given: the emulator has no kubelet for pods, so tests and the demo create pods Running.
-            obj.setdefault("status", {"phase": "Pending"})
+        initial_phase = {"namespaces": "Active", "pods": "Pending"}.get(kind.plural)
+        if initial_phase is not None:
+            # A pod's phase is kept if given: the emulator has no kubelet for pods, so tests create them Running.
+            status = obj.get("status")
+            obj["status"] = status if isinstance(status, dict) else {}
+            obj["status"].setdefault("phase", initial_phase)
 
     def _finish_update(self, kind: Kind, old: JSON, new: JSON, subresource: str | None, dry_run: bool) -> JSON:
         """The rules of an update, shared by PUT and PATCH: identity, status split, generation, finalizers."""

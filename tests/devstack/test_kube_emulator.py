@@ -19,7 +19,10 @@ from kubernetes.client.exceptions import ApiException
 
 from activities.kube import new_api_client
 from devstack.kube_emulator import KubeEmulator, parse_api_path
-from devstack.kube_resources import OS_CRD_FILE, load_crd_documents
+from devstack.kube_protobuf import MAGIC
+from devstack.kube_protobuf import MEDIA_TYPE as PROTOBUF
+from devstack.kube_resources import OS_CRD_FILE, builtin_kinds, load_crd_documents
+from devstack.kube_tables import as_table, human_duration
 from tests.support.kube import KubeEnv, kube, kube_env, need_kubectl
 
 __all__ = ["kube"]  # fixture used below
@@ -285,6 +288,89 @@ async def test_events_are_stored_and_selectable(kube: KubeEnv) -> None:
     assert [(e.reason, e.message) for e in listing.items] == [("RolloutStarted", "3 nodes to upgrade")]
     other = await kube.call(kube.core.list_namespaced_event, "default", field_selector="involvedObject.name=x")
     assert other.items == []
+
+
+def pb(number: int, payload: bytes | int) -> bytes:
+    """One protobuf field (numbers below 16, payloads below 128 bytes): a varint or length-delimited."""
+    if isinstance(payload, int):
+        return bytes([number << 3, payload])
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def envelope(api_version: bytes, kind: bytes, raw: bytes) -> bytes:
+    return MAGIC + pb(1, pb(1, api_version) + pb(2, kind)) + pb(2, raw) + pb(3, b"") + pb(4, b"")
+
+
+async def post_protobuf(kube: KubeEnv, path: str, body: bytes) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=kube.emulator.url) as http:
+        return await http.post(path, content=body, headers={"Content-Type": PROTOBUF})
+
+
+async def test_protobuf_bodies_are_decoded(kube: KubeEnv) -> None:
+    # As client-go writes it: every non-pointer field, zero or not (generateName "", generation 0, an empty
+    # creationTimestamp); zeros are dropped, the labels map entry is kept.
+    meta = pb(1, b"team-b") + pb(2, b"") + pb(7, 0) + pb(8, b"") + pb(11, pb(1, b"env") + pb(2, b"dev"))
+    answer = await post_protobuf(kube, "/api/v1/namespaces", envelope(b"v1", b"Namespace", pb(1, meta)))
+    assert answer.status_code == 201, answer.text
+    stored = await kube.call(kube.core.read_namespace, "team-b")
+    assert stored.metadata.labels == {"env": "dev"} and stored.status.phase == "Active"
+
+    # A deployment whose replicas pointer is set to 0 keeps it; a zero non-pointer field is omitted.
+    spec = pb(1, 0) + pb(5, 0)
+    raw = pb(1, pb(1, b"web")) + pb(2, spec)
+    answer = await post_protobuf(
+        kube, "/apis/apps/v1/namespaces/team-b/deployments", envelope(b"apps/v1", b"Deployment", raw)
+    )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["spec"] == {"replicas": 0}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (envelope(b"v1", b"ConfigMap", pb(1, pb(1, b"c")) + pb(9, b"x")), "field 9 of ConfigMap is not understood"),
+        (envelope(b"v1", b"ServiceAccount", pb(1, pb(1, b"s")) + pb(2, pb(1, b"t"))), "field 2 of Object"),
+        (b'{"metadata": {"name": "c"}}', "does not start with the Kubernetes protobuf prefix"),
+    ],
+)
+async def test_protobuf_that_cannot_be_read_in_full_is_refused(kube: KubeEnv, body: bytes, message: str) -> None:
+    answer = await post_protobuf(kube, "/api/v1/namespaces/default/configmaps", body)
+    assert answer.status_code == 415 and message in answer.json()["message"]
+    assert (await kube.call(kube.core.list_namespaced_config_map, "default")).items == []  # nothing half-stored
+
+
+def test_human_durations_match_the_api_server() -> None:
+    cases = {0: "0s", 119: "119s", 120: "2m", 125: "2m5s", 600: "10m", 3 * 3600: "3h", 3 * 3600 + 60: "3h1m"}
+    cases |= {47 * 3600: "47h", 50 * 3600: "2d2h", 8 * 86400: "8d", 800 * 86400: "2y70d", 9 * 365 * 86400: "9y"}
+    assert {seconds: human_duration(seconds) for seconds in cases} == cases
+
+
+def test_events_of_both_apis_print_alike() -> None:
+    kinds = {k.group: k for k in builtin_kinds() if k.plural == "events"}
+    core = {
+        "metadata": {"name": "e1"},
+        "involvedObject": {"kind": "Node", "name": "n1"},
+        "reason": "Rebooted",
+        "message": "to slot B",
+        "type": "Normal",
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingComponent": "kubeos",
+    }
+    new = {
+        "apiVersion": "events.k8s.io/v1",
+        "metadata": {"name": "e1"},
+        "regarding": {"kind": "Node", "name": "n1"},
+        "reason": "Rebooted",
+        "note": "to slot B",
+        "type": "Normal",
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "kubeos",
+    }
+    old_row = as_table(kinds[""], [core], "1")["rows"][0]["cells"]
+    new_row = as_table(kinds["events.k8s.io"], [new], "1")["rows"][0]["cells"]
+    assert old_row == new_row
+    assert old_row[1:8] == ["Normal", "Rebooted", "node/n1", "", "kubeos", "to slot B", old_row[0]]
+    assert old_row[8:] == [1, "e1"]
 
 
 # ------------------------------------------------------------------------------------------------ eviction
