@@ -19,10 +19,12 @@ already_staged}``
     Errors: as preflight, plus ChecksumMismatch ("Checksum <calc> mismatch to <given>"; the slot is invalidated),
     ImageTooLarge, DownloadFailed (4xx), ContainerImageError, ContainerImageUnavailable; *retryable*:
     DownloadInterrupted (5xx, connection lost).
-``host_trial_boot(HostTrialBootInput{target_slot, osversion, checksum}) -> HostTrialBootOutput``
+``host_trial_boot(HostTrialBootInput{target_slot, osversion, checksum, deadline_seconds}) -> HostTrialBootOutput``
     Sets GRUB ``next_entry`` to the target slot (boots it once); ``saved_entry`` unchanged. Refuses a target that
     is the running slot (WrongSlot), does not hold the staged image ``checksum`` (its bytes are hashed again) or
     whose PRETTY_NAME is not osversion (SlotNotVerified). Heartbeats while hashing: heartbeat_timeout ~30 s.
+    Records a deadline ``deadline_seconds`` from now (host wall clock): a trial not committed by then is undone by
+    the host itself (the node worker drops ``next_entry``, or reboots into the saved slot; node_worker/trial.py).
 ``host_reboot(HostRebootInput{reason}) -> HostRebootOutput{boot_id, command}``
     Syncs and returns the current boot id; the worker stops polling, then runs the reboot command after this
     result has been reported. Use maximum_attempts=1, then ``host_await_reboot``.
@@ -33,7 +35,8 @@ already_staged}``
     Booted slot, both slots' os-release (PRETTY_NAME, VERSION_ID), GRUB env, trial flag, boot id.
 ``host_commit(HostCommitInput{slot, osversion}) -> HostCommitOutput{saved_slot, grubenv}``
     ``saved_entry`` = slot, ``next_entry`` unset. Only the running slot can be committed (WrongSlot); with
-    osversion set, the running slot must hold it (SlotNotVerified).
+    osversion set, the running slot must hold it (SlotNotVerified); a trial boot past its deadline is refused
+    (TrialExpired: the host returns to its saved slot by itself).
 ``host_switch_back(HostSwitchBackInput{slot}) -> HostSwitchBackOutput{saved_slot, booted_slot, reboot_needed,
 grubenv}``
     ``saved_entry`` = slot (the one that ran before), ``next_entry`` unset; refuses a slot holding no readable
@@ -141,7 +144,11 @@ class NodeActivities:
         def beat(done: int, total: int | None) -> None:
             activity.heartbeat({"phase": "verify-slot", "done": done, "total": total})
 
-        return _call(lambda: self.agent.trial_boot(input.target_slot, input.osversion, input.checksum, beat))
+        return _call(
+            lambda: self.agent.trial_boot(
+                input.target_slot, input.osversion, input.checksum, beat, deadline_seconds=input.deadline_seconds
+            )
+        )
 
     @activity.defn(name="host_reboot")
     def host_reboot(self, input: HostRebootInput) -> HostRebootOutput:

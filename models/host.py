@@ -20,6 +20,9 @@ DEFAULT_CERTS_DIR = "/etc/KubeOS/certs"
 # Where ``docker login`` keeps credentials as root; the original pulled with docker, which read them there.
 DEFAULT_REGISTRY_AUTH_CONFIG = "/root/.docker/config.json"
 MIB = 1024 * 1024
+#: Seconds a trial boot may stay uncommitted when the caller gives no deadline (node_worker/trial.py), and at most.
+DEFAULT_TRIAL_DEADLINE_SECONDS = 1800
+MAX_TRIAL_DEADLINE_SECONDS = 7 * 24 * 3600
 
 
 def other_slot(slot: SlotName) -> SlotName:
@@ -48,6 +51,7 @@ class HostErrorType(StrEnum):
     HOST_MISCONFIGURED = "HostMisconfigured"  # booted slot unknown, GRUB env unwritable, tool missing
     SLOT_NOT_VERIFIED = "SlotNotVerified"  # trial boot into a slot that does not hold the verified image
     WRONG_SLOT = "WrongSlot"  # commit of a slot that is not booted, trial boot of the booted slot
+    TRIAL_EXPIRED = "TrialExpired"  # commit of a trial boot past its deadline: the host returns to its saved slot
     ROLLBACK_TARGET_MISMATCH = "RollbackTargetMismatch"  # the other slot does not hold osversion
     CONTAINER_IMAGE = "ContainerImageError"  # pull or root filesystem build failed (bad image, auth, ...)
     CONTAINER_IMAGE_UNAVAILABLE = "ContainerImageUnavailable"  # this node worker cannot build container images
@@ -182,6 +186,11 @@ class HostStatus(BaseModel):
     next_slot: SlotName | None = Field(description="the slot next_entry boots once (None: not set)")
     trial: bool = Field(description="this boot is a trial: the booted slot is not the saved entry")
     boot_id: str
+    trial_deadline: float | None = Field(
+        default=None,
+        description="Unix time (the host's clock) by which the recorded trial boot must be committed, else the host"
+        " returns to its saved slot by itself; None: no trial boot recorded",
+    )
 
 
 class StageProgress(BaseModel):
@@ -231,6 +240,12 @@ class HostTrialBootInput(BaseModel):
     target_slot: SlotName
     osversion: str = Field(min_length=1, description="PRETTY_NAME the target slot must hold")
     checksum: str = Field(default="", description="when set, the slot must hold this staged, verified image")
+    deadline_seconds: int = Field(
+        default=DEFAULT_TRIAL_DEADLINE_SECONDS,
+        ge=1,
+        le=MAX_TRIAL_DEADLINE_SECONDS,
+        description="seconds from now within which the trial must be committed; after that the host undoes it",
+    )
 
 
 class HostTrialBootOutput(BaseModel):

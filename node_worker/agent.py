@@ -13,10 +13,12 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from models.host import (
+    DEFAULT_TRIAL_DEADLINE_SECONDS,
     SLOT_NAMES,
     HostCommitOutput,
     HostConfig,
@@ -50,6 +52,7 @@ from node_worker.osrelease import (
 )
 from node_worker.slots import ByteProgress, Slot, resolve_slot
 from node_worker.tls import TlsFiles, check_tls_files, ssl_context
+from node_worker.trial import TrialRecord, TrialStore
 from node_worker.writer import SlotWriter, StampStore, write_stream
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -66,12 +69,21 @@ def _normalise_checksum(checksum: str) -> str:
 
 
 class HostAgent:
-    def __init__(self, config: HostConfig, node: str = "", log: NodeLog | None = None) -> None:
+    def __init__(
+        self,
+        config: HostConfig,
+        node: str = "",
+        log: NodeLog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.node = node
         self.log = log or NodeLog(config.node_log, node)
         self.grub = GrubEnv(config.grubenv, config.grub_editenv)
         self.stamps = StampStore(config.staging_dir)
+        self.trials = TrialStore(config.staging_dir)
+        #: Wall clock for trial deadlines (node_worker/trial.py says why wall clock); tests pass their own.
+        self.clock = clock
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -111,6 +123,7 @@ class HostAgent:
         env = self.grub.read()
         saved = entry_slot(self.config, env.get("saved_entry", ""))
         next_ = entry_slot(self.config, env.get("next_entry", "")) if env.get("next_entry") else None
+        record = self.trials.load()
         return HostStatus(
             node=self.node,
             booted_slot=booted,
@@ -121,6 +134,7 @@ class HostAgent:
             next_slot=next_,
             trial=booted != default_slot(self.config, env),
             boot_id=self.boot_id(),
+            trial_deadline=record.deadline if record else None,
         )
 
     # ------------------------------------------------------------------------------------------- locking
@@ -389,9 +403,17 @@ class HostAgent:
         return release
 
     def trial_boot(
-        self, target: SlotName, osversion: str, checksum: str = "", report: ByteProgress | None = None
+        self,
+        target: SlotName,
+        osversion: str,
+        checksum: str = "",
+        report: ByteProgress | None = None,
+        deadline_seconds: float = DEFAULT_TRIAL_DEADLINE_SECONDS,
     ) -> HostTrialBootOutput:
-        """Boot ``target`` once at the next reboot (``next_entry``); ``saved_entry`` stays on the running slot."""
+        """Boot ``target`` once at the next reboot (``next_entry``); ``saved_entry`` stays on the running slot.
+
+        The trial must be committed within ``deadline_seconds``, else the host undoes it (:meth:`end_expired_trial`).
+        """
         with self.exclusive("trial boot"):
             booted = self.booted_slot()
             if target == booted:
@@ -403,22 +425,41 @@ class HostAgent:
                     f"slot {target} does not hold the verified image {checksum}: stage it first",
                 )
             self._require_bootable(slot, osversion, booted=False)
+            now = self.clock()
+            record = TrialRecord(slot=target, osversion=osversion, set_at=now, deadline=now + deadline_seconds)
+            self.trials.save(record)  # before next_entry: no trial without a deadline
             self.grub.set(next_entry=self.config.entry(target))
             env = self.grub.read()
-            self.log.info(f"trial boot: next boot (once) into slot {target} ({osversion}); saved_entry unchanged")
+            self.log.info(
+                f"trial boot: next boot (once) into slot {target} ({osversion}); saved_entry unchanged; "
+                f"to be committed by {record.deadline_text}, else the host returns to slot {booted}"
+            )
             return HostTrialBootOutput(target_slot=target, booted_slot=booted, grubenv=env)
 
     def commit(self, slot: SlotName, osversion: str = "") -> HostCommitOutput:
-        """Make the running slot the default: ``saved_entry`` = slot, ``next_entry`` cleared."""
+        """Make the running slot the default: ``saved_entry`` = slot, ``next_entry`` cleared.
+
+        A trial boot past its deadline is refused: the host is returning (or has decided to return) to its saved
+        slot, and committing now would contradict what it tells everyone else.
+        """
         with self.exclusive("commit"):
             booted = self.booted_slot()
             if slot != booted:
                 raise HostError(
                     HostErrorType.WRONG_SLOT, f"refusing to commit slot {slot}: the host runs slot {booted}"
                 )
+            saved = default_slot(self.config, self.grub.read())
+            record = self.trials.load()
+            if booted != saved and record is not None and record.expired(self.clock()):
+                raise HostError(
+                    HostErrorType.TRIAL_EXPIRED,
+                    f"refusing to commit slot {slot}: its trial boot ({record.osversion}) was not committed by its "
+                    f"deadline {record.deadline_text}; the host returns to slot {saved} by itself",
+                )
             self._require_bootable(self.slot(slot), osversion, booted=True)
             self.grub.set(saved_entry=self.config.entry(slot))
             self.grub.unset("next_entry")
+            self.trials.clear()
             self.log.info(f"committed slot {slot}: it is the default boot entry now")
             return HostCommitOutput(saved_slot=slot, grubenv=self.grub.read())
 
@@ -429,10 +470,42 @@ class HostAgent:
             self._require_bootable(self.slot(slot), "", booted=slot == booted)
             self.grub.set(saved_entry=self.config.entry(slot))
             self.grub.unset("next_entry")
+            self.trials.clear()
             self.log.info(f"switched back: slot {slot} is the default boot entry (running {booted})")
             return HostSwitchBackOutput(
                 saved_slot=slot, booted_slot=booted, reboot_needed=booted != slot, grubenv=self.grub.read()
             )
+
+    def end_expired_trial(self) -> bool:
+        """Undo a trial boot nobody committed by its deadline; True when the host must now reboot into its saved
+        (committed) slot, which the caller does.
+
+        The node worker calls this when it starts and periodically. Without an expired record it only reads one
+        small file. A trial not booted yet loses its one-time ``next_entry``; a running one keeps its record until
+        the reboot, so that ``host_commit`` goes on refusing it, and the first check after the reboot drops it.
+        """
+        record = self.trials.load()
+        if record is None or not record.expired(self.clock()):
+            return False
+        with self.exclusive("undoing an expired trial boot"):
+            env = self.grub.read()
+            saved = default_slot(self.config, env)
+            booted = self.booted_slot()
+            if env.get("next_entry"):
+                self.grub.unset("next_entry")
+            if booted == saved:
+                self.trials.clear()
+                if env.get("next_entry"):
+                    self.log.warning(
+                        f"trial boot of slot {record.slot} ({record.osversion}) never happened by its deadline "
+                        f"{record.deadline_text}: its one-time boot entry is removed; slot {saved} stays the default"
+                    )
+                return False
+            self.log.warning(
+                f"trial boot of slot {booted} ({record.osversion}) was not committed by its deadline "
+                f"{record.deadline_text}: rebooting into the committed slot {saved}"
+            )
+            return True
 
     def _rollback_target(self, booted: SlotName, osversion: str) -> OsRelease:
         other = self.slot(other_slot(booted))

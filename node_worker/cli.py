@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,6 +114,9 @@ def format_status(status: HostStatus) -> str:
         f"boot id:     {status.boot_id}",
         f"grubenv:     {env}",
     ]
+    if status.trial_deadline is not None:
+        deadline = datetime.fromtimestamp(status.trial_deadline, UTC).isoformat(timespec="seconds")
+        lines.append(f"trial boot:  to be committed by {deadline}, else the host returns to its saved slot")
     for name, slot in status.slots.items():
         marks = [m for m, on in (("booted", slot.booted), ("saved", status.saved_slot == name)) if on]
         if status.next_slot == name:

@@ -24,6 +24,7 @@ from models.host import (
     StageProgress,
 )
 from node_worker import http_source
+from node_worker.agent import HostAgent
 from tests.node_worker import conftest as host_fixtures
 from tests.node_worker.conftest import NEW, OLD, Image, SimHost, disk_source
 
@@ -124,3 +125,26 @@ def test_stage_resumes_from_the_heartbeat_of_the_previous_attempt(
     https_server.faults.clear()
     out = env.run(acts.host_stage, inp)
     assert out.resumed_at == 6 * MIB and out.checksum == new_image.sha256
+
+
+def test_a_trial_boot_past_its_deadline_cannot_be_committed(
+    host: SimHost, https_server: ImageServer, new_image: Image
+) -> None:
+    """The deadline the workflow passes reaches the host; a late commit fails for good (no retry can win)."""
+    env = ActivityEnvironment()
+    now = [1_800_000_000.0]
+    acts = NodeActivities(HostAgent(host.config, clock=lambda: now[0]), request_reboot=lambda: None)
+    staged = env.run(acts.host_stage, HostStageInput(source=disk_source(https_server.url(new_image.name), new_image)))
+    env.run(
+        acts.host_trial_boot,
+        HostTrialBootInput(target_slot="B", osversion=NEW, checksum=staged.checksum, deadline_seconds=120),
+    )
+    assert env.run(acts.host_report, HostReportInput()).status.trial_deadline == now[0] + 120
+    host.boot_into("B")
+    now[0] += 121
+
+    with pytest.raises(ApplicationError) as late:
+        env.run(acts.host_commit, HostCommitInput(slot="B", osversion=NEW))
+    assert late.value.type == "TrialExpired" and late.value.non_retryable
+    assert "not committed by its deadline" in late.value.message and "returns to slot A" in late.value.message
+    assert host.grubenv()["saved_entry"] == "A"

@@ -15,6 +15,7 @@ import pytest
 from devstack.image_server import ImageServer
 from models.host import HostConfig, HostErrorType, SlotConfig
 from node_worker import boot as bootmod
+from node_worker.agent import HostAgent
 from node_worker.errors import HostError
 from node_worker.machine import BootFailed, boot
 from node_worker.nodelog import NodeLog
@@ -78,6 +79,90 @@ def test_commit_makes_the_new_slot_the_default(host: SimHost, https_server: Imag
     assert out.saved_slot == "B" and out.grubenv == {"saved_entry": "B"}
     assert not host.agent.status().trial
     assert _reboot(host) == "B" and _reboot(host) == "B"
+
+
+class Clock:
+    """A wall clock the test moves: trial deadlines are wall-clock times (node_worker/trial.py)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _entries(host: SimHost) -> tuple[str, str]:
+    """(saved_entry, next_entry); a boot leaves next_entry set to "" as grub.cfg does."""
+    env = host.grubenv()
+    return env.get("saved_entry", ""), env.get("next_entry", "")
+
+
+def _clocked(host: SimHost) -> tuple[HostAgent, Clock]:
+    clock = Clock()
+    return HostAgent(host.config, node="test-node", clock=clock), clock
+
+
+def test_a_trial_boot_committed_within_its_deadline(host: SimHost, https_server: ImageServer, new_image: Image) -> None:
+    agent, clock = _clocked(host)
+    agent.trial_boot("B", NEW, _staged(host, https_server, new_image), deadline_seconds=300)
+    assert agent.status().trial_deadline == clock.now + 300
+    assert _reboot(host) == "B"
+    clock.now += 299
+    assert agent.end_expired_trial() is False  # not yet: nothing changes
+    assert _entries(host) == ("A", "") and agent.status().trial
+
+    assert agent.commit("B", NEW).saved_slot == "B"
+    assert agent.status().trial_deadline is None  # committed: no deadline any more
+    clock.now += 3600
+    assert agent.end_expired_trial() is False and _entries(host) == ("B", "")
+
+
+def test_a_trial_boot_nobody_commits_is_undone_by_the_host(
+    host: SimHost, https_server: ImageServer, new_image: Image
+) -> None:
+    agent, clock = _clocked(host)
+    agent.trial_boot("B", NEW, _staged(host, https_server, new_image), deadline_seconds=300)
+    assert _reboot(host) == "B"  # e.g. the host came back after its rollout had given up
+    clock.now += 300
+
+    assert agent.end_expired_trial() is True  # the caller (the node worker) reboots
+    assert _entries(host) == ("A", "")  # the committed slot, and no one-time entry
+    assert "was not committed by its deadline" in host.node_log() and "rebooting into the committed slot A" in (
+        host.node_log()
+    )
+    # Until the reboot, the host and any late workflow agree: the trial lost.
+    with pytest.raises(HostError, match="was not committed by its deadline") as err:
+        agent.commit("B", NEW)
+    assert err.value.kind == HostErrorType.TRIAL_EXPIRED and not err.value.retryable
+    assert _entries(host) == ("A", "")
+
+    assert _reboot(host) == "A"
+    assert agent.end_expired_trial() is False  # back on the committed slot: the record is dropped
+    status = agent.status()
+    assert not status.trial and status.trial_deadline is None and status.booted_slot == "A"
+
+
+def test_an_expired_trial_that_never_booted_loses_its_one_time_entry(
+    host: SimHost, https_server: ImageServer, new_image: Image
+) -> None:
+    """The reboot never happened (the workflow died before asking for it): the next reboot stays on A."""
+    agent, clock = _clocked(host)
+    agent.trial_boot("B", NEW, _staged(host, https_server, new_image), deadline_seconds=60)
+    clock.now += 61
+
+    assert agent.end_expired_trial() is False  # running the committed slot: nothing to reboot
+    assert _entries(host) == ("A", "") and agent.status().trial_deadline is None
+    assert "never happened by its deadline" in host.node_log()
+    assert _reboot(host) == "A"
+
+
+def test_switch_back_drops_the_trial_deadline(host: SimHost, https_server: ImageServer, new_image: Image) -> None:
+    agent, clock = _clocked(host)
+    agent.trial_boot("B", NEW, _staged(host, https_server, new_image))
+    assert agent.status().trial_deadline is not None
+    agent.switch_back("A")
+    clock.now += 7 * 24 * 3600
+    assert agent.status().trial_deadline is None and agent.end_expired_trial() is False
 
 
 def test_commit_refuses_a_slot_that_is_not_running(host: SimHost) -> None:
@@ -199,8 +284,6 @@ def test_custom_grub_entry_names(tmp_path: Path) -> None:
     slots = {name: host.config.slots[name].model_copy(update={"grub_entry": f"KubeOS-{name}"}) for name in ("A", "B")}
     config = host.config.model_copy(update={"slots": slots})
     host.agent.grub.set(saved_entry="KubeOS-B")
-    from node_worker.agent import HostAgent
-
     status = HostAgent(config).status()
     assert status.saved_slot == "B" and status.trial  # running A, saved entry names B
 

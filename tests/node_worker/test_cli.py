@@ -237,3 +237,28 @@ def test_sim_run_falls_back_when_the_trial_slot_is_broken(
     state = host.machine_state()
     assert state is not None and state.booted_slot == "A" and state.last_boot_failed_slot == "B"
     assert os.path.exists(host.paths.node_log) and "does not boot" in host.node_log()
+
+
+def test_the_node_worker_undoes_a_trial_boot_nobody_committed(
+    machine: tuple[SimHost, subprocess.Popen[str]], https_server: ImageServer, new_image: Image
+) -> None:
+    """The host comes back into a trial boot after its deadline (its rollout gave up long ago): the node worker,
+    even without Temporal, logs it and reboots into the committed slot."""
+    host, _proc = machine
+    wait_for(lambda: (s := host.machine_state()) is not None and s.running and s.boots == 1, "the first boot")
+    checksum = host.agent.stage(disk_source(https_server.url(new_image.name), new_image)).checksum
+    an_hour_ago = HostAgent(host.config, node="n1", clock=lambda: time.time() - 3600)
+    an_hour_ago.trial_boot("B", NEW, checksum, deadline_seconds=60)
+    _reboot_cmd(host)
+
+    wait_for(lambda: (s := host.machine_state()) is not None and s.running and s.boots == 3, "the trial and the undo")
+    state = host.machine_state()
+    assert state is not None and state.booted_slot == "A" and state.last_boot_failed_slot is None
+    log = host.node_log()
+    assert "boot 2: slot B (KubeOS 1.0.1) once via next_entry" in log, log
+    assert "trial boot of slot B (KubeOS 1.0.1) was not committed by its deadline" in log, log
+    wait_for(lambda: host.agent.status().trial_deadline is None, "the worker to drop the expired trial record")
+    status = host.agent.status()
+    assert status.booted_slot == "A" and not status.trial and status.grubenv.get("next_entry", "") == ""
+    again = host.machine_state()
+    assert again is not None and again.boots == 3 and again.running  # one undo, not a reboot loop
