@@ -11,7 +11,9 @@ already_staged}``
     Booted slot, both slots' versions, GRUB env writable, staging space; upgrade: URL policy (http only with
     flagSafe, "unsafe address" in the node log), checksum format, certificates (present, parse, not expired, key
     matches cert); rollback: the other slot holds osversion. Errors: InvalidInput, UnsafeAddress,
-    CertificateError, NoSpace, HostMisconfigured, RollbackTargetMismatch. Quick: start_to_close ~2 min.
+    CertificateError, NoSpace, HostMisconfigured, RollbackTargetMismatch. Quick: start_to_close ~2 min. A host
+    that already runs osversion from its committed slot passes at once, with none of these checks (nothing will
+    be written: the workflow reports it up to date).
 ``host_stage(HostStageInput{source}) -> HostStageOutput{slot, checksum, size, reused, resumed_at, os_release}``
     Streams the image into the inactive slot, hashing as it writes; never touches the boot entries. Heartbeats
     ``StageProgress`` (bytes done/total) per MiB: give it heartbeat_timeout ~30 s and a start_to_close that fits the

@@ -84,6 +84,8 @@ class FakeNode:
     drain_blocked: bool = False
     #: The host never comes back after a reboot.
     hangs: bool = False
+    #: The trial boot's deadline passes before the commit arrives: the host refuses it (TrialExpired).
+    trial_expires: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     #: Extra seconds this node's stage takes: the node's own duration (download, write) in makespan benchmarks.
     work_seconds: float = 0.0
@@ -319,6 +321,13 @@ class FakeHost:
 
     @activity.defn(name="host_commit")
     async def host_commit(self, params: HostCommitInput) -> HostCommitOutput:
+        if self.node.trial_expires and self.node.booted != self.node.saved:
+            raise ApplicationError(
+                f"refusing to commit slot {params.slot}: its trial boot was not committed by its deadline; "
+                f"the host returns to slot {self.node.saved} by itself",
+                type=HostErrorType.TRIAL_EXPIRED,
+                non_retryable=True,
+            )
         self.node.saved = params.slot
         return HostCommitOutput(saved_slot=params.slot, grubenv={"saved_entry": params.slot})
 

@@ -39,7 +39,7 @@ class NodeState(StrEnum):
     SUCCEEDED = "Succeeded"  # on the target version, committed
     FAILED = "Failed"  # reported with a reason; the node is back on a committed slot and schedulable
     REFUSED = "Refused"  # never touched: not eligible (other major version, not Ready, ...)
-    UP_TO_DATE = "UpToDate"  # already on the target version when planned
+    UP_TO_DATE = "UpToDate"  # already ran the target version from its committed slot (its preflight said so)
     ROLLING_BACK = "RollingBack"
     ROLLED_BACK = "RolledBack"  # returned to its previous version after the rollout was rolled back
     NOT_STARTED = "NotStarted"  # the rollout ended (rolled back, superseded, window closed) first

@@ -196,9 +196,15 @@ class HostAgent:
     def preflight(self, source: ImageSource, opstype: OpsType = "upgrade") -> HostPreflightOutput:
         """Everything that can be checked before anything is written; raises HostError naming the problem."""
         status = self.status()
+        target = other_slot(status.booted_slot)
+        running = status.slots[status.booted_slot].os_release
+        if source.osversion and not status.trial and running is not None and running.pretty_name == source.osversion:
+            # Nothing will be written: the workflow reports the node up to date. Checking the source, space or a
+            # rollback target here could only fail a node that needs nothing.
+            self.log.info(f"preflight: slot {status.booted_slot} runs {source.osversion} and is committed")
+            return HostPreflightOutput(status=status, target_slot=target, already_staged=False)
         self.grub.check_writable()
         self._check_staging_space()
-        target = other_slot(status.booted_slot)
         if opstype == "rollback":
             self._rollback_target(status.booted_slot, source.osversion)
             return HostPreflightOutput(status=status, target_slot=target, already_staged=False)

@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
         SetMaxUnavailableInput,
         status_from_state,
     )
-    from workflows.planning import label_selector, plan_nodes, seconds_until_open
+    from workflows.planning import check_only, label_selector, plan_nodes, seconds_until_open
     from workflows.progress import progress_markdown
 
 #: Temporal allows 2,000 pending children per workflow; keep clear of it.
@@ -208,16 +208,18 @@ class ClusterRollout:
                 self._set_phase(Phase.WAITING_FOR_WINDOW)
                 await self._wait_change(timeout=wait)
                 continue
+            entry = queue[next_index]
+            paced = not check_only(state.spec, entry)
             interval = state.spec.timeinterval
-            if interval and last_start is not None:
+            if interval and last_start is not None and paced:
                 remaining = last_start + interval - workflow.time()
                 if remaining > 0:
                     await self._wait_change(timeout=remaining)
                     continue
             self._set_phase(Phase.RUNNING)
-            entry = queue[next_index]
             next_index += 1
-            last_start = workflow.time()
+            if paced:
+                last_start = workflow.time()
             self._start_node(entry, NodeMode.UPGRADE if state.spec.opstype == "upgrade" else NodeMode.SWITCH)
         await self._wait_running()
         if state.superseded_by and not state.rollback_requested:
@@ -266,9 +268,9 @@ class ClusterRollout:
                 static_summary=f"{verb} {entry.name} to {target}",
                 static_details=f"Part of rollout `{state.workflow_id}` ({state.spec.summary()}).",
             )
-            outcome, message = result.outcome, result.message
+            outcome, message, ran = result.outcome, result.message, result.from_version
         except ChildWorkflowError as exc:
-            outcome, message = "failed", f"node workflow ended: {exc.cause or exc}"
+            outcome, message, ran = "failed", f"node workflow ended: {exc.cause or exc}", ""
         finally:
             self._running.pop(entry.name, None)
         if outcome == "failed":
@@ -281,6 +283,10 @@ class ClusterRollout:
             entry.state, entry.message = NodeState.UP_TO_DATE, message
         else:
             entry.state, entry.message = NodeState.SUCCEEDED, message
+        if outcome != "failed" and not revert and ran:
+            # What the node ran from its committed slot, which a rollback returns it to; the osImage seen at plan
+            # time may have been an uncommitted trial's.
+            entry.from_version = ran
         self._changed()
 
     def _apply_failure_budget(self) -> None:

@@ -14,6 +14,11 @@ The order is chosen so that nothing irreversible happens before it has to:
 Failure after the reboot restores the old slot as the saved entry, reboots into it when the host runs the new one,
 uncordons and reports the node failed. ``NodeMode.SWITCH`` (opstype rollback, or reverting a rolled-back
 rollout) skips staging and boots the other slot, which must already hold the target version.
+
+A node is up to date only when it runs the target version from its committed slot: the rollout plans nodes that
+already report the target ``osImage`` like any other, and their preflight tells. A host found in an uncommitted
+trial boot is first returned to its committed slot (``_undo_trial``). The trial boot carries a deadline
+(``_trial_deadline_seconds``) after which the host undoes it by itself and refuses the commit.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
 
     from models.cluster import DrainInput, DrainResult, NodeInfo, NodeRef, WaitNodeInput
     from models.host import (
+        MAX_TRIAL_DEADLINE_SECONDS,
         RETRYABLE_ERROR_TYPES,
         HostAwaitRebootInput,
         HostAwaitRebootOutput,
@@ -45,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         HostRebootOutput,
         HostStageInput,
         HostStageOutput,
+        HostStatus,
         HostSwitchBackInput,
         HostSwitchBackOutput,
         HostTrialBootInput,
@@ -72,6 +79,8 @@ _CLUSTER_RETRY = RetryPolicy(
 #: A reboot is asked for once: a second attempt could reboot a host that already came back.
 _ONCE = RetryPolicy(maximum_attempts=1)
 _STAGE_TIMEOUT = timedelta(hours=3)
+#: Time a trial boot is given beyond what this workflow itself may wait for it (see _trial_deadline_seconds).
+TRIAL_COMMIT_MARGIN = timedelta(minutes=5)
 
 
 class NodeFailed(Exception):
@@ -105,6 +114,8 @@ class NodeUpgrade:
         self._boot_touched = False
         #: ... until the new slot is the saved entry.
         self._committed = False
+        #: What was done before the upgrade proper (an uncommitted trial boot undone), for the result's message.
+        self._note = ""
 
     @workflow.query
     def step(self) -> str:
@@ -120,6 +131,15 @@ class NodeUpgrade:
     @property
     def _boot_timeout(self) -> timedelta:
         return timedelta(seconds=self._inp.spec.boottimeout)
+
+    @property
+    def _trial_deadline_seconds(self) -> int:
+        """How long the host keeps a trial boot before undoing it itself: what this workflow may spend between
+        the trial boot and the commit (the boot timeout to come back, the boot timeout again to be Ready), plus a
+        margin for a slow or restarted cluster worker. A commit that arrives later still is refused by the host;
+        the node is then returned to its old slot and reported failed, so host and workflow never disagree."""
+        wanted = 2 * self._inp.spec.boottimeout + int(TRIAL_COMMIT_MARGIN.total_seconds())
+        return min(wanted, MAX_TRIAL_DEADLINE_SECONDS)
 
     async def _host(
         self,
@@ -188,24 +208,20 @@ class NodeUpgrade:
     async def _upgrade(self) -> NodeUpgradeResult:
         inp = self._inp
         source = ImageSource.from_spec(inp.spec)
-        try:
-            pre = await self._host(
-                "host_preflight",
-                HostPreflightInput(source=source, opstype=inp.spec.opstype),
-                HostPreflightOutput,
-                summary="preflight",
-            )
-        except ActivityError as exc:
-            raise NodeFailed(f"preflight: {_reason(exc)}") from exc
-        status = pre.status
+        status = await self._preflight(source)
+        if status.trial:
+            await self._undo_trial(status)
+            status = await self._preflight(source)
+            if status.trial:
+                raise NodeFailed(f"the host still runs slot {status.booted_slot} uncommitted after returning it")
         old_slot: SlotName = status.booted_slot
         booted = status.slots[old_slot].os_release
         from_version = booted.pretty_name if booted else ""
-        if from_version == inp.target_version and not status.trial:
+        if from_version == inp.target_version:
             return NodeUpgradeResult(
                 node=inp.node,
                 outcome="up_to_date",
-                message=f"already runs {from_version}",
+                message=self._with_note(f"already runs {from_version}"),
                 from_version=from_version,
                 version=from_version,
                 booted_slot=old_slot,
@@ -225,6 +241,54 @@ class NodeUpgrade:
             # Whatever happened after the cordon, the node goes back into service: either on the new slot, or on
             # the old one it never left (or was returned to).
             await self._cluster("uncordon_node", NodeRef(node=inp.node), NodeInfo, summary="uncordon")
+
+    async def _preflight(self, source: ImageSource) -> HostStatus:
+        try:
+            pre = await self._host(
+                "host_preflight",
+                HostPreflightInput(source=source, opstype=self._inp.spec.opstype),
+                HostPreflightOutput,
+                summary="preflight",
+            )
+        except ActivityError as exc:
+            raise NodeFailed(f"preflight: {_reason(exc)}") from exc
+        return pre.status
+
+    async def _undo_trial(self, status: HostStatus) -> None:
+        """Return a host that runs an uncommitted trial boot to its committed slot, before anything else.
+
+        Such a trial was abandoned: a rollout runs one NodeUpgrade per node and rollouts over the same nodes take
+        turns, so the one that asked for it has given up (typically the host came back only after the boot
+        timeout). Its next reboot returns the node to the committed slot, and staging now would overwrite that
+        slot, the only committed one. So the trial is ended as the host ends it at its deadline, only now and with
+        the node drained first: the committed slot becomes the only boot choice and the host reboots into it.
+        The node is then upgraded from there like any other; when the trial held this same image, the stage finds
+        it verified in place and downloads nothing.
+
+        Committing the trial instead, when it runs the target version, would save two reboots but needs a second
+        path (its own health gate, a race with the host's deadline), and a trial of another version would still
+        need this one. One path is simpler, and this fault is rare.
+        """
+        inp = self._inp
+        committed = status.inactive_slot  # two slots: GRUB's default is the one not running
+        release = status.slots[status.booted_slot].os_release
+        trial = f"{release.pretty_name if release else 'an unreadable root'} in slot {status.booted_slot}"
+        await self._cluster("cordon_node", NodeRef(node=inp.node), NodeInfo, summary="cordon")
+        try:
+            await self._drain()
+            try:
+                await self._return_to(committed, reboot_if_needed=True)
+            except ActivityError as exc:
+                raise NodeFailed(
+                    f"the host runs an uncommitted trial boot of {trial}; returning it to slot {committed} "
+                    f"failed: {_reason(exc)}"
+                ) from exc
+        finally:
+            await self._cluster("uncordon_node", NodeRef(node=inp.node), NodeInfo, summary="uncordon")
+        self._note = f"first returned from an uncommitted trial boot of {trial} to slot {committed}"
+
+    def _with_note(self, message: str) -> str:
+        return f"{message}; {self._note}" if self._note else message
 
     async def _prepare_slot(self, source: ImageSource) -> tuple[SlotName, str]:
         """Put the target version into the inactive slot (stage) or check that it is there (switch)."""
@@ -264,24 +328,18 @@ class NodeUpgrade:
         self, old_slot: SlotName, target_slot: SlotName, checksum: str, from_version: str
     ) -> NodeUpgradeResult:
         inp = self._inp
-        drain_timeout = inp.spec.draintimeout
-        try:
-            await self._cluster(
-                "drain_node",
-                DrainInput(node=inp.node, timeout_seconds=drain_timeout, force=inp.spec.evictpodforce),
-                DrainResult,
-                summary="drain",
-                start_to_close=timedelta(seconds=drain_timeout + 60),
-                heartbeat=timedelta(seconds=30),
-            )
-        except ActivityError as exc:
-            raise NodeFailed(f"drain: {_reason(exc)}; the node was not rebooted") from exc
+        await self._drain()
 
         self._boot_touched = True
         try:
             await self._host(
                 "host_trial_boot",
-                HostTrialBootInput(target_slot=target_slot, osversion=inp.target_version, checksum=checksum),
+                HostTrialBootInput(
+                    target_slot=target_slot,
+                    osversion=inp.target_version,
+                    checksum=checksum,
+                    deadline_seconds=self._trial_deadline_seconds,
+                ),
                 HostTrialBootOutput,
                 summary=f"trial boot slot {target_slot}",
             )
@@ -338,51 +396,78 @@ class NodeUpgrade:
                 f"health gate: {_reason(exc)}; the node was returned to slot {old_slot} ({from_version})"
             ) from exc
 
-        commit = await self._host(
-            "host_commit",
-            HostCommitInput(slot=target_slot, osversion=inp.target_version),
-            HostCommitOutput,
-            summary=f"commit slot {target_slot}",
-        )
+        try:
+            commit = await self._host(
+                "host_commit",
+                HostCommitInput(slot=target_slot, osversion=inp.target_version),
+                HostCommitOutput,
+                summary=f"commit slot {target_slot}",
+            )
+        except ActivityError as exc:
+            # E.g. TrialExpired: the host has undone the trial by itself. Make sure it is back before uncordoning.
+            await self._restore(old_slot, reboot_if_needed=True)
+            raise NodeFailed(
+                f"commit: {_reason(exc)}; the node was returned to slot {old_slot} ({from_version})"
+            ) from exc
         self._committed = True
         self._step = "done"
         return NodeUpgradeResult(
             node=inp.node,
             outcome="succeeded",
-            message=f"{from_version} -> {inp.target_version} (slot {old_slot} -> {commit.saved_slot})",
+            message=self._with_note(f"{from_version} -> {inp.target_version} (slot {old_slot} -> {commit.saved_slot})"),
             from_version=from_version,
             version=inp.target_version,
             booted_slot=target_slot,
         )
 
+    async def _drain(self) -> None:
+        inp = self._inp
+        drain_timeout = inp.spec.draintimeout
+        try:
+            await self._cluster(
+                "drain_node",
+                DrainInput(node=inp.node, timeout_seconds=drain_timeout, force=inp.spec.evictpodforce),
+                DrainResult,
+                summary="drain",
+                start_to_close=timedelta(seconds=drain_timeout + 60),
+                heartbeat=timedelta(seconds=30),
+            )
+        except ActivityError as exc:
+            raise NodeFailed(f"drain: {_reason(exc)}; the node was not rebooted") from exc
+
     async def _restore(self, old_slot: SlotName, *, reboot_if_needed: bool) -> None:
         """Make ``old_slot`` the only boot choice again, rebooting into it when the host runs another slot.
 
         Best effort by design: the trial boot never changed ``saved_entry``, so a host we cannot reach still
-        comes back on ``old_slot`` the next time it starts.
+        comes back on ``old_slot`` the next time it starts (and undoes the trial itself at its deadline).
         """
         try:
-            back = await self._host(
-                "host_switch_back",
-                HostSwitchBackInput(slot=old_slot),
-                HostSwitchBackOutput,
-                summary=f"switch back to slot {old_slot}",
-            )
-            if back.reboot_needed and reboot_if_needed:
-                reboot = await self._host(
-                    "host_reboot",
-                    HostRebootInput(reason=f"return to slot {old_slot}"),
-                    HostRebootOutput,
-                    summary="reboot into the old slot",
-                    retry=_ONCE,
-                )
-                await self._host(
-                    "host_await_reboot",
-                    HostAwaitRebootInput(previous_boot_id=reboot.boot_id),
-                    HostAwaitRebootOutput,
-                    summary="wait for the host to come back",
-                    retry=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5)),
-                    schedule_to_close=self._boot_timeout,
-                )
+            await self._return_to(old_slot, reboot_if_needed=reboot_if_needed)
         except ActivityError as exc:
             workflow.logger.warning("could not return %s to slot %s: %s", self._inp.node, old_slot, _reason(exc))
+
+    async def _return_to(self, slot: SlotName, *, reboot_if_needed: bool) -> None:
+        """``slot`` becomes the saved entry with no one-time boot pending; with ``reboot_if_needed``, a host that
+        runs the other slot is rebooted into it and awaited. Raises ``ActivityError`` when a step fails."""
+        back = await self._host(
+            "host_switch_back",
+            HostSwitchBackInput(slot=slot),
+            HostSwitchBackOutput,
+            summary=f"switch back to slot {slot}",
+        )
+        if back.reboot_needed and reboot_if_needed:
+            reboot = await self._host(
+                "host_reboot",
+                HostRebootInput(reason=f"return to slot {slot}"),
+                HostRebootOutput,
+                summary="reboot into the old slot",
+                retry=_ONCE,
+            )
+            await self._host(
+                "host_await_reboot",
+                HostAwaitRebootInput(previous_boot_id=reboot.boot_id),
+                HostAwaitRebootOutput,
+                summary="wait for the host to come back",
+                retry=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5)),
+                schedule_to_close=self._boot_timeout,
+            )

@@ -34,10 +34,14 @@ def label_selector(spec: OSSpec) -> str:
 
 
 def plan_nodes(spec: OSSpec, nodes: list[NodeInfo]) -> list[NodeEntry]:
-    """One entry per listed node, in name order: to do, already there, or refused with the reason.
+    """One entry per listed node, in name order: to do, or refused with the reason.
 
     Nodes on another major version are refused (the seed: no upgrades across major versions), as are nodes that
-    are not Ready: draining and rebooting an unhealthy node would only hide why it is unhealthy.
+    are not Ready: draining and rebooting an unhealthy node would only hide why it is unhealthy. A node that
+    already reports the target ``osImage`` is still to do: it is up to date only if it runs that version from its
+    committed slot, not from a trial boot that nobody committed (whose next reboot returns it to the old version).
+    Its NodeUpgrade finds out with one preflight and reports it up to date, or returns it to its committed slot and
+    upgrades it.
     """
     target_major = os_major_version(spec.osversion)
     entries = []
@@ -45,9 +49,7 @@ def plan_nodes(spec: OSSpec, nodes: list[NodeInfo]) -> list[NodeEntry]:
         if node.control_plane and not spec.includecontrolplane:
             continue
         entry = NodeEntry(name=node.name, from_version=node.os_image)
-        if node.os_image == spec.osversion:
-            entry.state, entry.message = NodeState.UP_TO_DATE, f"already runs {spec.osversion}"
-        elif os_major_version(node.os_image) != target_major:
+        if node.os_image != spec.osversion and os_major_version(node.os_image) != target_major:
             entry.state = NodeState.REFUSED
             entry.message = (
                 f"runs {node.os_image or 'an unknown OS'}; {spec.osversion} is another major version "
@@ -55,8 +57,16 @@ def plan_nodes(spec: OSSpec, nodes: list[NodeInfo]) -> list[NodeEntry]:
             )
         elif not node.ready:
             entry.state, entry.message = NodeState.REFUSED, "node is not Ready"
+        elif node.os_image == spec.osversion:
+            entry.message = f"reports {spec.osversion}: to check that it runs it from a committed slot"
         entries.append(entry)
     return entries
+
+
+def check_only(spec: OSSpec, entry: NodeEntry) -> bool:
+    """The node reported the target version when planned: its NodeUpgrade most likely only checks it, so it need
+    not wait ``timeinterval`` after the node before it, nor make the next one wait."""
+    return entry.from_version == spec.osversion
 
 
 def seconds_until_open(window: TimeWindow | None, now: datetime) -> float | None:

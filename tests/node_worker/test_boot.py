@@ -258,6 +258,20 @@ def test_rollback_needs_the_version_in_the_other_slot(
     assert host.agent.commit("A", OLD).saved_slot == "A"
 
 
+def test_preflight_of_a_host_on_the_target_from_its_committed_slot_checks_nothing_else(
+    host: SimHost, new_image: Image
+) -> None:
+    """Such a node is reported up to date: a certificate or a rollback target it does not need cannot fail it."""
+    missing_ca = {"imageurl": "https://images.example/update.img", "cacert": "missing.crt"}
+    with pytest.raises(HostError) as err:  # the control: a node that needs the image needs the certificate
+        host.agent.preflight(disk_source("", new_image, **missing_ca))
+    assert err.value.kind == HostErrorType.CERTIFICATE
+
+    on_target = disk_source("", new_image, osversion=OLD, **missing_ca)
+    assert host.agent.preflight(on_target).status.booted_slot == "A"
+    assert host.agent.preflight(on_target, "rollback").target_slot == "B"  # B is empty: no rollback target needed
+
+
 def test_await_reboot_fails_retryably_until_the_boot_id_changes(host: SimHost) -> None:
     before = host.agent.prepare_reboot("test").boot_id
     with pytest.raises(HostError, match="host has not rebooted yet") as err:

@@ -77,7 +77,7 @@ async def test_upgrades_every_node_with_at_most_maxunavailable_cordoned(temporal
     assert nodes.max_cordoned_at_once() == 2  # the window was used, and never exceeded
 
 
-async def test_plan_skips_up_to_date_refuses_other_major_and_not_ready_excludes_control_plane(
+async def test_plan_checks_up_to_date_refuses_other_major_and_not_ready_excludes_control_plane(
     temporal_env: WorkflowEnvironment,
 ) -> None:
     prefix = uuid.uuid4().hex[:6]
@@ -102,6 +102,49 @@ async def test_plan_skips_up_to_date_refuses_other_major_and_not_ready_excludes_
     refused = {e.name.split("-")[0]: e.message for e in result.nodes if e.state == NodeState.REFUSED}
     assert "major version" in refused["c"] and "not Ready" in refused["d"]
     assert nodes.nodes[f"e-{prefix}"].running_version == OLD  # control plane untouched
+    # The node on the target version was only asked (one preflight): never cordoned, never rebooted.
+    up_to_date = nodes.nodes[f"b-{prefix}"]
+    assert up_to_date.name in nodes.started and up_to_date.reboots == 0
+    assert all(name != up_to_date.name for name, _, _ in nodes.cordon_log)
+
+
+async def test_a_node_running_an_uncommitted_trial_is_returned_to_its_committed_slot_then_upgraded(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """Trials nobody committed (their rollout gave up): one of the target version, which reports the target
+    osImage and is not up to date, and one of another version, whose inactive slot is the only committed one."""
+    prefix = uuid.uuid4().hex[:6]
+    other = "KubeOS 1.0.2"
+    nodes = FakeFleet(
+        [
+            FakeNode(f"a-{prefix}", NEW, slots={"A": OLD, "B": NEW}, booted="B", saved="A"),
+            FakeNode(f"b-{prefix}", other, slots={"A": OLD, "B": other}, booted="B", saved="A"),
+        ]
+    )
+    async with nodes.workers(temporal_env.client):
+        result = await (await start(temporal_env.client, disk_spec(maxunavailable=1))).result()
+    assert result.phase == Phase.SUCCEEDED and result.counts == {NodeState.SUCCEEDED: 2}, result
+    for entry in result.nodes:
+        node = nodes.nodes[entry.name]
+        # Back to A (committed, never overwritten) with a reboot, then staged into B and committed there.
+        assert node.slots == {"A": OLD, "B": NEW} and node.booted == node.saved == "B", node
+        assert node.reboots == 2 and not node.cordoned and node.next_entry is None
+        assert "first returned from an uncommitted trial boot of" in entry.message and "to slot A" in entry.message
+        assert entry.from_version == OLD  # what a rollback would return it to: its committed version
+    assert nodes.max_cordoned_at_once() == 1
+
+
+async def test_a_commit_the_host_refuses_returns_the_node_to_its_old_slot(temporal_env: WorkflowEnvironment) -> None:
+    nodes = fleet(1, trial_expires=True)  # the trial boot's deadline passed before the commit
+    node = next(iter(nodes.nodes.values()))
+    async with nodes.workers(temporal_env.client):
+        result = await (await start(temporal_env.client, disk_spec())).result()
+    assert result.phase == Phase.COMPLETED_WITH_FAILURES
+    message = result.failures[node.name]
+    assert message.startswith("commit: ") and "not committed by its deadline" in message, message
+    assert "returned to slot A (KubeOS 1.0.0)" in message
+    assert node.booted == node.saved == "A" and node.next_entry is None and not node.cordoned
+    assert node.reboots == 2  # the trial, and the return to A
 
 
 async def test_pause_stops_new_nodes_and_resume_finishes(temporal_env: WorkflowEnvironment) -> None:
