@@ -246,6 +246,10 @@ class Store:
             meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
         if not meta.get("name"):
             raise api_error(422, "Invalid", f"{kind.kind} is invalid: metadata.name: Required value", kind)
+        bad_name = _path_segment_problem(str(meta["name"]))
+        if bad_name:
+            message = f'{kind.kind} "{meta["name"]}" is invalid: metadata.name: Invalid value: {bad_name}'
+            raise api_error(422, "Invalid", message, kind, str(meta["name"]))
         if self._current(kind, namespace, meta["name"]) is not None:
             message = f'{_qualified(kind)} "{meta["name"]}" already exists'
             raise api_error(409, "AlreadyExists", message, kind, meta["name"])
@@ -553,3 +557,14 @@ def _desired_healthy(spec: Mapping[str, Any], expected: int) -> int:
     if spec.get("maxUnavailable") is not None:
         return max(0, expected - _scaled(spec["maxUnavailable"], expected))
     return 1
+
+
+def _path_segment_problem(name: str) -> str:
+    """Why ``name`` cannot be one segment of a URL path (the rule every API server applies to object names);
+    empty when it can. ``..`` would otherwise name an object nobody can address again."""
+    if name in (".", ".."):
+        return f"may not be '{name}'"
+    for bad in ("/", "%"):
+        if bad in name:
+            return f"may not contain '{bad}'"
+    return ""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
@@ -14,6 +16,12 @@ from models.rollout import SEARCH_ATTRIBUTES
 from workers.temporal_client import data_converter
 
 BIN = Path(sys.executable).parent
+
+# CI explores the same examples on every run, so a green run here means a green run there; locally each run
+# draws new ones (and remembers failures in .hypothesis/).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def temporal_cli() -> str:

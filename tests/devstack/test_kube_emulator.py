@@ -632,3 +632,11 @@ async def test_stop_ends_open_watches(tmp_path: Path) -> None:
         assert await asyncio.wait_for(watcher, 30) == []
     finally:
         api.close()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "50%"])
+async def test_names_that_are_not_path_segments_are_refused(kube: KubeEnv, name: str) -> None:
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {}}
+    with pytest.raises(ApiException) as refused:
+        await kube.call(kube.core.create_namespaced_config_map, "default", body)
+    assert refused.value.status == 422 and "metadata.name" in str(refused.value.body)
