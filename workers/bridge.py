@@ -18,12 +18,10 @@ step aside, then watches from the listed resourceVersion.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import re
-import signal
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.cluster import record_event
-from activities.kube import api_client, use_kubeconfig
+from activities.kube import api_client
 from models.cluster import EventInput, ObjectRef
 from models.os_resource import (
     API_VERSION,
@@ -56,7 +54,7 @@ from models.os_resource import (
 )
 from models.rollout import ROLLOUT_WORKFLOW, TERMINAL_PHASES, NodeState, Phase, RolloutStatus
 from workers.rollout_cmd import start_rollout
-from workers.temporal_client import connect
+from workers.service import add_service_parser
 
 log = logging.getLogger("kubeos_rollout.bridge")
 
@@ -571,28 +569,10 @@ def _describe(obj: Mapping[str, Any]) -> str:
     return "an OS object"
 
 
-async def run_bridge(address: str | None, namespace: str | None, web_ui: str, kubeconfig: str | None) -> None:
-    if kubeconfig:
-        use_kubeconfig(kubeconfig)
-    client = await connect(address, namespace)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def run_bridge(client: Client, web_ui: str, stop: asyncio.Event) -> None:
     log.info("bridge watching %s resources", PLURAL)
     await Bridge(client, web_ui=web_ui).run(stop)
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("bridge", help="watch OS resources and run a rollout for each generation")
-    parser.add_argument("--address", help="Temporal frontend host:port (default: TEMPORAL_ADDRESS or profile)")
-    parser.add_argument("--namespace", help="Temporal namespace (default: TEMPORAL_NAMESPACE or profile)")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG, in-cluster, ~/.kube/config)")
-    parser.add_argument("--web-ui", default="", help="Temporal Web UI base URL, for links in the OS status")
-    parser.set_defaults(handler=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_bridge(args.address, args.namespace, args.web_ui, args.kubeconfig))
-    return 0
+    add_service_parser(sub, "bridge", "watch OS resources and run a rollout for each generation", run_bridge)

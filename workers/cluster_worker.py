@@ -5,11 +5,9 @@ Stateless: any number of replicas may run (the deploy/ manifests run two); Tempo
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,10 +15,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import cluster
-from activities.kube import use_kubeconfig
 from activities.rollout import RolloutActivities
 from models.rollout import CLUSTER_TASK_QUEUE
-from workers.temporal_client import connect
+from workers.service import add_service_parser
 from workflows.cluster_rollout import ClusterRollout
 from workflows.node_upgrade import NodeUpgrade
 
@@ -57,14 +54,7 @@ def build_worker(
     )
 
 
-async def run_worker(address: str | None, namespace: str | None, web_ui: str, kubeconfig: str | None) -> None:
-    if kubeconfig:
-        use_kubeconfig(kubeconfig)
-    client = await connect(address, namespace)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def run_worker(client: Client, web_ui: str, stop: asyncio.Event) -> None:
     with concurrent.futures.ThreadPoolExecutor(max_workers=64) as executor:
         worker = build_worker(client, executor, web_ui=web_ui)
         log.info("cluster worker polling %s on %s", CLUSTER_TASK_QUEUE, client.service_client.config.target_host)
@@ -74,15 +64,6 @@ async def run_worker(address: str | None, namespace: str | None, web_ui: str, ku
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("worker", help="run the cluster worker (rollout workflows and Kubernetes activities)")
-    parser.add_argument("--address", help="Temporal frontend host:port (default: TEMPORAL_ADDRESS or profile)")
-    parser.add_argument("--namespace", help="Temporal namespace (default: TEMPORAL_NAMESPACE or profile)")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG, in-cluster, ~/.kube/config)")
-    parser.add_argument("--web-ui", default="", help="Temporal Web UI base URL, for links in rollout status")
-    parser.set_defaults(handler=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_worker(args.address, args.namespace, args.web_ui, args.kubeconfig))
-    return 0
+    add_service_parser(
+        sub, "worker", "run the cluster worker (rollout workflows and Kubernetes activities)", run_worker
+    )
