@@ -3,16 +3,20 @@ comes back from its reboot."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from kubernetes.client import V1Pod, V1PodDisruptionBudget
 from kubernetes.client.exceptions import ApiException
 
 from models.host import SlotName, other_slot
 from node_worker.machine import PANIC_MARKER
+from node_worker.trial import TrialStore
 from tests.e2e.cluster import Image
 from tests.e2e.conftest import SLOT_SIZE
 from tests.reliability.harness import GROUPS, NAMESPACE, Chaos, NodeView, node_message
 from tests.reliability.results import trial
+from workflows.node_upgrade import TRIAL_COMMIT_MARGIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -115,6 +119,10 @@ async def hang_and_power_on(chaos: Chaos, name: str) -> tuple[Image, str]:
 
     back = await chaos.wait(running, f"{node} to run again")
     assert back.booted_slot == new_slot and back.saved_entry == before.booted_slot and not back.next_entry
+    # The host keeps the trial's deadline: past it, it returns to its committed slot by itself.
+    record = TrialStore(chaos.e2e.host(node).config.staging_dir).load()
+    assert record is not None and record.slot == new_slot and record.deadline > time.time(), record
+    assert record.deadline - record.set_at == 2 * 15 + TRIAL_COMMIT_MARGIN.total_seconds(), record
     assert chaos.audit.problems(node) == []
     return image, message
 
@@ -122,25 +130,40 @@ async def hang_and_power_on(chaos: Chaos, name: str) -> tuple[Image, str]:
 async def test_node_that_never_comes_back(chaos: Chaos) -> None:
     with trial("fault", "a node that never comes back from its reboot (boottimeout 15 s)") as t:
         await hang_and_power_on(chaos, "never-back")
-        t.outcome = "reported failed, uncordoned; powered on later, it boots the verified new slot once (uncommitted)"
+        t.outcome = (
+            "reported failed, uncordoned; powered on later, it boots the verified new slot once (uncommitted), "
+            "holding the trial's deadline (2 x boottimeout + 300 s) past which it returns to its committed slot"
+        )
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: an uncommitted trial boot is taken for done (docs/reliability.md)")
 async def test_a_rollout_to_the_version_of_an_uncommitted_trial_commits_it(chaos: Chaos) -> None:
     """After the hang, the node runs the new version from a slot nobody committed: its next reboot returns it to
-    the old version. A rollout to that version must not call the node done while that is so."""
+    the old version. A rollout to that version must not call the node done while that is so: it returns the node
+    to its committed slot, then upgrades it as any other, and the node ends committed on the new version."""
     (node,) = GROUPS["hang"]
-    with trial("fault", "a rollout to the version a node runs as an uncommitted trial", known_bug=True) as t:
+    with trial("fault", "a rollout to the version a node runs as an uncommitted trial") as t:
         view = await chaos.view(node)
         if view.saved_entry == view.booted_slot:  # not on an uncommitted trial (this test runs alone): make one
             image, _message = await hang_and_power_on(chaos, "never-back-first")
         else:
             spec = ((await chaos.get("never-back")) or {}).get("spec") or {}
             image = Image(spec["osversion"], "", spec["imageurl"], spec["checksum"])
+        before = await chaos.view(node)
         tag = await chaos.select("hang")
         await chaos.apply(chaos.resource("after-the-hang", image, tag))
         status = await chaos.wait_os("after-the-hang")
         after = await chaos.view(node)
         reported = node_message(status, node)
-        t.outcome = f"reported {reported!r}; yet its next boot returns it to slot {after.saved_entry}, the old version"
-        assert after.saved_entry == after.booted_slot, after  # committed, or returned to its committed slot
+        assert status["phase"] == "Succeeded", status
+        assert "first returned from an uncommitted trial boot" in reported, reported
+        after.assert_in_service(image.version)  # committed, no pending one-time boot, Ready, uncordoned
+        committed = before.saved_entry  # the simulated hosts' GRUB entries are named as their slots
+        # Two boots: back into the committed slot, then the upgrade's trial boot of the slot verified again.
+        assert after.boots == before.boots + 2 and after.booted_slot == before.booted_slot, (before, after)
+        assert [b.slot for b in chaos.audit.of(node)][-2:] == [committed, before.booted_slot]
+        assert TrialStore(chaos.e2e.host(node).config.staging_dir).load() is None
+        assert chaos.audit.problems(node) == []
+        t.outcome = (
+            f"returned to its committed slot {committed} first, then upgraded as any node: slot "
+            f"{after.booted_slot} committed on {image.version}, two boots, both verified"
+        )
