@@ -1,8 +1,15 @@
-"""The floor of the rollout-overhead benchmark: as many no-op activities as a rollout executes, run bare.
+"""The floors of the rollout-overhead benchmark: as many no-op activities as a rollout executes, run bare.
 
-``BenchFloor`` runs ``chains`` sequences of no-op activities side by side, one activity after the other in each
-sequence, as a rollout runs ``maxunavailable`` nodes side by side and each node's steps one after the other. It
-has none of the rollout's own work: no child workflows, no plan, no state, no status, payloads of one integer.
+``BenchFloor`` (the flat floor) runs ``chains`` sequences of no-op activities side by side, one activity after the
+other in each sequence, as a rollout runs ``maxunavailable`` nodes side by side and each node's steps one after
+the other. It has none of the rollout's own work: no child workflows, no plan, no state, no status, payloads of one
+integer; and one workflow task can answer many sequences at once.
+
+``BenchFleetFloor`` (the per-node floor) keeps the rollout's shape and nothing else: a parent that runs one child
+workflow per node, ``window`` at a time, each child running its no-op activities one after the other. The
+difference between the two floors is what one workflow per node costs; the difference between the per-node floor
+and the rollout is what our own code costs.
+
 The activities go to their own task queue, as host activities go to a node's queue (an activity on the
 workflow's own queue could be handed over eagerly, which no host activity can be).
 """
@@ -16,15 +23,26 @@ from pydantic import BaseModel
 from temporalio import activity, workflow
 
 FLOOR_WORKFLOW = "BenchFloor"
+FLEET_FLOOR_WORKFLOW = "BenchFleetFloor"
+NODE_FLOOR_WORKFLOW = "BenchNodeFloor"
 FLOOR_TASK_QUEUE = "bench-floor"
 FLOOR_ACTIVITY_QUEUE = "bench-floor-activities"
-#: Activities per floor workflow: a few events each keeps every floor history under Temporal's 10,240 warning.
+#: Activities per flat floor workflow: a few events each keeps every floor history under Temporal's 10,240 warning.
 MAX_ACTIVITIES_PER_WORKFLOW = 1500
+#: Nodes one per-node floor parent can run without continuing as new (about six events each).
+MAX_FLEET_FLOOR_NODES = 1500
+_TIMEOUT = timedelta(minutes=1)
 
 
 class FloorInput(BaseModel):
     chains: int
     activities: int
+
+
+class FleetFloorInput(BaseModel):
+    nodes: int
+    steps: int
+    window: int
 
 
 @activity.defn(name="bench_noop")
@@ -39,23 +57,47 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def plan(activities: int, chains: int) -> list[FloorInput]:
-    """The floor workflows for ``activities`` activities in ``chains`` side-by-side sequences (at least one chain
-    per workflow)."""
+    """The flat floor workflows for ``activities`` activities in ``chains`` side-by-side sequences (at least one
+    chain per workflow)."""
     workflows = max(1, -(-activities // MAX_ACTIVITIES_PER_WORKFLOW))
     per_workflow = split(activities, workflows)
     chains_each = split(max(chains, workflows), workflows)
     return [FloorInput(chains=c, activities=a) for c, a in zip(chains_each, per_workflow, strict=True)]
 
 
+async def _sequence(length: int) -> None:
+    for step in range(length):
+        await workflow.execute_activity(noop, step, task_queue=FLOOR_ACTIVITY_QUEUE, start_to_close_timeout=_TIMEOUT)
+
+
 @workflow.defn(name=FLOOR_WORKFLOW)
 class BenchFloor:
     @workflow.run
     async def run(self, inp: FloorInput) -> int:
-        async def chain(length: int) -> None:
-            for step in range(length):
-                await workflow.execute_activity(
-                    noop, step, task_queue=FLOOR_ACTIVITY_QUEUE, start_to_close_timeout=timedelta(minutes=1)
-                )
-
-        await asyncio.gather(*(chain(length) for length in split(inp.activities, inp.chains)))
+        await asyncio.gather(*(_sequence(length) for length in split(inp.activities, inp.chains)))
         return inp.activities
+
+
+@workflow.defn(name=NODE_FLOOR_WORKFLOW)
+class BenchNodeFloor:
+    @workflow.run
+    async def run(self, steps: int) -> int:
+        await _sequence(steps)
+        return steps
+
+
+@workflow.defn(name=FLEET_FLOOR_WORKFLOW)
+class BenchFleetFloor:
+    @workflow.run
+    async def run(self, inp: FleetFloorInput) -> int:
+        slots = asyncio.Semaphore(inp.window)
+        parent = workflow.info().workflow_id
+
+        async def node(index: int) -> int:
+            async with slots:
+                done: int = await workflow.execute_child_workflow(
+                    NODE_FLOOR_WORKFLOW, inp.steps, id=f"{parent}/{index}", result_type=int
+                )
+                return done
+
+        return sum(await asyncio.gather(*(node(i) for i in range(inp.nodes))))

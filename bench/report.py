@@ -106,6 +106,24 @@ def _os_name() -> str:
     return platform.system()
 
 
+def code_version() -> str:
+    """Which code the figures are of: the commit, and whether tracked files differ from it."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return f"{repo} (not a git checkout)"
+    return f"{repo} at {head}" + (f", {len(changed)} tracked file(s) changed" if changed else "")
+
+
 def load_average() -> str:
     """The 1-minute load average: other work on the machine shows here and skews every figure."""
     one, five, _ = os.getloadavg()
@@ -119,6 +137,7 @@ def print_machine(title: str, extra: Sequence[tuple[str, str]] = ()) -> None:
         ("memory", _memory()),
         ("os", f"{_os_name()}, kernel {platform.release()}"),
         ("python", f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})"),
+        ("code", code_version()),
         *extra,
         ("load at start", load_average()),
     ]

@@ -1,11 +1,15 @@
-"""Rollout overhead: the real ClusterRollout over simulated nodes whose work is instant, against the floor.
+"""Rollout overhead: the real ClusterRollout over simulated nodes whose work is instant, against two floors.
 
 Ours: the rollout and its NodeUpgrade children on the cluster worker, every node's host activities on the node's
-own queue, served by one worker per node (the in-memory fleet of devstack.fake_fleet, one poller each). The floor
-(bench.floor): the same number of no-op activities, counted from our histories, run in ``maxunavailable``
-side-by-side sequences from as few plain workflows as the history limit allows, through the same dev server and
-this same process. Both are timed from the start request to the last result, with the workers already polling;
-for each maxunavailable they run on one fresh dev server, alternating which goes first.
+own queue, served by one worker per node (the in-memory fleet of devstack.fake_fleet, one poller each).
+The floors (bench.floor) run the same number of no-op activities, counted from our histories, through the same dev
+server and this same process:
+- flat floor: ``maxunavailable`` side-by-side sequences in as few plain workflows as the history limit allows;
+  the least Temporal needs to run these activities in this order. The target is measured against it.
+- per-node floor: a parent running one child per node, ``maxunavailable`` at a time, each child its no-op steps
+  one after the other; it tells what the one-workflow-per-node shape costs apart from our code.
+Each is timed from the start request to the last result, with the workers already polling; for each
+maxunavailable all run on one fresh dev server, the order reversed on every other run.
 
 The dev server runs with one partition per task queue (``--partitions``; the server's default is 4), the right
 setting for a host's queue, which has a single worker; docs/benchmarks.md shows both.
@@ -27,7 +31,19 @@ from dataclasses import dataclass, field
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from bench.floor import FLOOR_ACTIVITY_QUEUE, FLOOR_TASK_QUEUE, FLOOR_WORKFLOW, BenchFloor, noop, plan
+from bench.floor import (
+    FLEET_FLOOR_WORKFLOW,
+    FLOOR_ACTIVITY_QUEUE,
+    FLOOR_TASK_QUEUE,
+    FLOOR_WORKFLOW,
+    MAX_FLEET_FLOOR_NODES,
+    BenchFleetFloor,
+    BenchFloor,
+    BenchNodeFloor,
+    FleetFloorInput,
+    noop,
+    plan,
+)
 from bench.report import Target, print_machine, print_table, print_targets, tool_version
 from bench.temporal_env import (
     DEFAULT_PARTITIONS,
@@ -35,8 +51,8 @@ from bench.temporal_env import (
     TEMPORAL,
     CpuClock,
     HistoryStats,
-    RolloutRun,
     collect,
+    family_histories,
     fleet,
     run_rollout,
     server_settings,
@@ -45,43 +61,52 @@ from bench.temporal_env import (
 from models.rollout import NodeState, Phase
 
 TARGET_FLOOR_RATIO = 2.0
+OURS, PER_NODE, FLAT = "ours", "per-node floor", "flat floor"
 #: Event types grouped for the breakdown: where a rollout's events go.
 _GROUPS = {
     "workflow tasks": ("WORKFLOW_TASK_",),
-    "activities": ("ACTIVITY_TASK_",),
+    "activities": ("ACTIVITY_TASK_", "MARKER_RECORDED"),
     "child workflows": ("CHILD_WORKFLOW_", "START_CHILD_WORKFLOW_"),
     "workflow start/end": ("WORKFLOW_EXECUTION_",),
 }
 
 
 @dataclass
-class FloorRun:
+class Measurement:
     seconds: float
     histories: HistoryStats
     cpu: CpuClock
+
+    @property
+    def cpu_seconds(self) -> float:
+        return max(self.cpu.server + self.cpu.worker, 1e-9)
 
 
 @dataclass
 class Setting:
     maxunavailable: int
-    ours: list[RolloutRun] = field(default_factory=list)
-    floor: list[FloorRun] = field(default_factory=list)
+    runs: dict[str, list[Measurement]] = field(default_factory=dict)
 
-    @property
-    def ours_seconds(self) -> float:
-        return statistics.median(r.seconds for r in self.ours)
+    def seconds(self, variant: str) -> float:
+        return statistics.median(m.seconds for m in self.runs[variant])
 
-    @property
-    def floor_seconds(self) -> float:
-        return statistics.median(r.seconds for r in self.floor)
+    def cpu(self, variant: str) -> float:
+        return statistics.median(m.cpu_seconds for m in self.runs[variant])
+
+    def first(self, variant: str) -> Measurement:
+        return self.runs[variant][0]
 
 
-async def run_floor(client: Client, activities: int, chains: int) -> FloorRun:
-    inputs = plan(activities, chains)
-    async with (
-        Worker(client, task_queue=FLOOR_TASK_QUEUE, workflows=[BenchFloor]),
+def _floor_workers(client: Client) -> tuple[Worker, Worker]:
+    return (
+        Worker(client, task_queue=FLOOR_TASK_QUEUE, workflows=[BenchFloor, BenchFleetFloor, BenchNodeFloor]),
         Worker(client, task_queue=FLOOR_ACTIVITY_QUEUE, activities=[noop]),
-    ):
+    )
+
+
+async def run_flat_floor(client: Client, activities: int, chains: int) -> Measurement:
+    workflows, activity_worker = _floor_workers(client)
+    async with workflows, activity_worker:
         with CpuClock() as cpu:
             start = time.perf_counter()
             handles = [
@@ -92,22 +117,51 @@ async def run_floor(client: Client, activities: int, chains: int) -> FloorRun:
                     task_queue=FLOOR_TASK_QUEUE,
                     result_type=int,
                 )
-                for inp in inputs
+                for inp in plan(activities, chains)
             ]
             done = sum(await asyncio.gather(*(h.result() for h in handles)))
             seconds = time.perf_counter() - start
     if done != activities:
-        raise RuntimeError(f"the floor ran {done} activities, not {activities}")
+        raise RuntimeError(f"the flat floor ran {done} activities, not {activities}")
     executions = [(h.id, h.first_execution_run_id or "") for h in handles]
-    return FloorRun(seconds, await collect(client, executions), cpu)
+    return Measurement(seconds, await collect(client, executions), cpu)
 
 
-async def run_ours(client: Client, nodes: int, maxunavailable: int) -> RolloutRun:
+async def run_per_node_floor(client: Client, nodes: int, steps: int, window: int) -> Measurement:
+    workflows, activity_worker = _floor_workers(client)
+    async with workflows, activity_worker:
+        with CpuClock() as cpu:
+            start = time.perf_counter()
+            handle = await client.start_workflow(
+                FLEET_FLOOR_WORKFLOW,
+                FleetFloorInput(nodes=nodes, steps=steps, window=window),
+                id=f"bench-fleet-floor-{uuid.uuid4().hex[:8]}",
+                task_queue=FLOOR_TASK_QUEUE,
+                result_type=int,
+            )
+            done = await handle.result()
+            seconds = time.perf_counter() - start
+    if done != nodes * steps:
+        raise RuntimeError(f"the per-node floor ran {done} activities, not {nodes * steps}")
+    histories, _ = await family_histories(client, handle.id, handle.first_execution_run_id or "")
+    return Measurement(seconds, histories, cpu)
+
+
+async def run_ours(client: Client, nodes: int, maxunavailable: int) -> Measurement:
     result = await run_rollout(client, fleet(nodes), maxunavailable)
     status = result.status
     if status.phase != Phase.SUCCEEDED or status.counts.get(NodeState.SUCCEEDED) != nodes:
         raise RuntimeError(f"the rollout did not upgrade every node: {status.phase} {status.counts}")
-    return result
+    return Measurement(result.seconds, result.histories, result.cpu)
+
+
+async def run_variant(variant: str, client: Client, nodes: int, window: int, setting: Setting) -> Measurement:
+    if variant == OURS:
+        return await run_ours(client, nodes, window)
+    activities = setting.first(OURS).histories.activities  # the floors run as many activities as ours did
+    if variant == FLAT:
+        return await run_flat_floor(client, activities, window)
+    return await run_per_node_floor(client, nodes, round(activities / nodes), window)
 
 
 async def measure(nodes: int, maxunavailable: int, runs: int, partitions: int) -> Setting:
@@ -115,19 +169,17 @@ async def measure(nodes: int, maxunavailable: int, runs: int, partitions: int) -
     env = await start_dev_server(partitions)
     try:
         for run in range(runs):
-            # Ours first on even runs: the floor needs our activity count from the first one.
-            order = ("ours", "floor") if run % 2 == 0 else ("floor", "ours")
-            for what in order:
-                if what == "ours":
-                    ours = await run_ours(env.client, nodes, maxunavailable)
-                    setting.ours.append(ours)
-                    seconds = ours.seconds
-                else:
-                    activities = setting.ours[0].histories.activities
-                    floor = await run_floor(env.client, activities, maxunavailable)
-                    setting.floor.append(floor)
-                    seconds = floor.seconds
-                print(f"  maxunavailable {maxunavailable}, run {run + 1}/{runs}: {what} {seconds:.1f}s", flush=True)
+            # Ours first on even runs (the floors need its activity count), last on odd ones.
+            order = [OURS, PER_NODE, FLAT] if run % 2 == 0 else [FLAT, PER_NODE, OURS]
+            for variant in order:
+                if variant == PER_NODE and nodes > MAX_FLEET_FLOOR_NODES:
+                    continue
+                measurement = await run_variant(variant, env.client, nodes, maxunavailable, setting)
+                setting.runs.setdefault(variant, []).append(measurement)
+                print(
+                    f"  maxunavailable {maxunavailable}, run {run + 1}/{runs}: {variant} {measurement.seconds:.1f}s",
+                    flush=True,
+                )
     finally:
         await env.shutdown()
     return setting
@@ -142,22 +194,18 @@ def _group(by_type: Counter[str]) -> dict[str, int]:
     return groups
 
 
-def _cpu(clock: CpuClock) -> float:
-    return max(clock.server + clock.worker, 1e-9)
-
-
 def report(nodes: int, settings: list[Setting]) -> None:
     rows = []
     for s in settings:
-        ours, floor = s.ours[0], s.floor[0]
-        for name, seconds, h, cpu in (
-            ("ours", s.ours_seconds, ours.histories, ours.cpu),
-            ("floor", s.floor_seconds, floor.histories, floor.cpu),
-        ):
+        for variant in (OURS, PER_NODE, FLAT):
+            if variant not in s.runs:
+                continue
+            h, cpu = s.first(variant).histories, s.first(variant).cpu
+            seconds = s.seconds(variant)
             rows.append(
                 (
                     s.maxunavailable,
-                    name,
+                    variant,
                     f"{seconds:.1f}",
                     f"{h.activities / seconds:.0f}",
                     h.activities,
@@ -174,39 +222,58 @@ def report(nodes: int, settings: list[Setting]) -> None:
         "maxunavailable", "run", "wall s", "activities/s", "activities", "executions", "events", "events/node",
         "continue-as-new", "largest history", "server cpu s", "worker cpu s",
     )  # fmt: skip
-    print_table(f"Rollout of {nodes} instant nodes vs the floor (medians of wall time; counts of run 1)", headers, rows)
+    print_table(f"Rollout of {nodes} instant nodes vs the floors (median wall time; counts of run 1)", headers, rows)
     print(
-        "\nexecutions: workflow runs (rollout runs + children; floor workflows); events/node: all events of those "
+        "\nexecutions: workflow runs (rollout runs and children; floor workflows); events/node: all events of those "
         "histories divided by the node count; server cpu: the dev server process; worker cpu: this process "
-        "(workflows, all workers, client)."
+        "(workflows, every worker, the client)."
     )
     breakdown = []
     for s in settings:
-        mine, bare = _group(s.ours[0].histories.by_type), _group(s.floor[0].histories.by_type)
-        for group in mine:
-            breakdown.append((s.maxunavailable, group, f"{mine[group] / nodes:.1f}", f"{bare[group] / nodes:.1f}"))
-    print_table("Where the events go (per node)", ("maxunavailable", "events", "ours", "floor"), breakdown)
-    print_table(
-        "Ratios (CPU: dev server + this process, less sensitive than wall time to other work on the machine)",
-        ("maxunavailable", "ours / floor (wall)", "ours / floor (cpu)", "ours / floor (events)"),
-        [
+        groups = {variant: _group(s.first(variant).histories.by_type) for variant in s.runs}
+        for group in groups[OURS]:
+            breakdown.append(
+                (
+                    s.maxunavailable,
+                    group,
+                    *(f"{groups[v][group] / nodes:.1f}" for v in (OURS, PER_NODE, FLAT) if v in groups),
+                )
+            )
+    variants_shown = [v for v in (OURS, PER_NODE, FLAT) if v in settings[0].runs]
+    print_table("Where the events go (per node)", ("maxunavailable", "events", *variants_shown), breakdown)
+    ratio_rows = []
+    for s in settings:
+        per_node = PER_NODE in s.runs
+        ratio_rows.append(
             (
                 s.maxunavailable,
-                f"{s.ours_seconds / s.floor_seconds:.2f}",
-                f"{_cpu(s.ours[0].cpu) / _cpu(s.floor[0].cpu):.2f}",
-                f"{s.ours[0].histories.events / s.floor[0].histories.events:.2f}",
+                f"{s.seconds(OURS) / s.seconds(FLAT):.2f}",
+                f"{s.cpu(OURS) / s.cpu(FLAT):.2f}",
+                f"{s.seconds(OURS) / s.seconds(PER_NODE):.2f}" if per_node else "-",
+                f"{s.seconds(PER_NODE) / s.seconds(FLAT):.2f}" if per_node else "-",
             )
-            for s in settings
-        ],
+        )
+    print_table(
+        "Ratios (cpu: dev server + this process, less sensitive than wall time to other work on the machine)",
+        (
+            "maxunavailable",
+            "ours / flat (wall)",
+            "ours / flat (cpu)",
+            "ours / per-node (wall)",
+            "per-node / flat (wall)",
+        ),
+        ratio_rows,
     )
     targets = []
     for s in settings:
         targets.append(
             Target(
-                f"ours / floor, maxunavailable {s.maxunavailable}", s.ours_seconds / s.floor_seconds, TARGET_FLOOR_RATIO
+                f"ours / flat floor, maxunavailable {s.maxunavailable}",
+                s.seconds(OURS) / s.seconds(FLAT),
+                TARGET_FLOOR_RATIO,
             )
         )
-        largest = max(r.histories.largest for r in s.ours)
+        largest = max(m.histories.largest for m in s.runs[OURS])
         targets.append(
             Target(f"largest history, maxunavailable {s.maxunavailable}", largest, HISTORY_WARNING, " events")
         )
@@ -219,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--maxunavailable", type=int, nargs="+", default=[50, 1000], help="window sizes to run (default 50 1000)"
     )
-    parser.add_argument("--runs", type=int, default=1, help="runs of ours and of the floor per window (default 1)")
+    parser.add_argument("--runs", type=int, default=1, help="runs of ours and of each floor per window (default 1)")
     parser.add_argument(
         "--partitions", type=int, default=DEFAULT_PARTITIONS, help="dev server partitions per task queue (default 1)"
     )
@@ -233,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             ("dev server", "in memory; " + ", ".join(server_settings(args.partitions))),
         ],
     )
+    if args.nodes > MAX_FLEET_FLOOR_NODES:
+        print(f"\nThe per-node floor runs up to {MAX_FLEET_FLOOR_NODES} nodes: skipped.")
     settings = [asyncio.run(measure(args.nodes, mu, args.runs, args.partitions)) for mu in args.maxunavailable]
     report(args.nodes, settings)
     return 0

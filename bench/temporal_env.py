@@ -35,6 +35,8 @@ HISTORY_WARNING = 10_240
 #: 4, a thousand node queues make the server load and sync 8,000 partitions (it then rate-limits its own calls).
 DEFAULT_PARTITIONS = 1
 _FETCH_CONCURRENCY = 32
+#: The marker the SDKs record for a local activity.
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 
 def server_settings(partitions: int, suggest_continue_as_new: int | None = None) -> list[str]:
@@ -150,7 +152,9 @@ class HistoryStats:
     events: int = 0
     largest: int = 0
     largest_id: str = ""
+    #: activities scheduled on a task queue plus local activities (one marker each)
     activities: int = 0
+    local_activities: int = 0
     continued_as_new: int = 0
     by_type: Counter[str] = field(default_factory=Counter)
 
@@ -161,7 +165,12 @@ class HistoryStats:
             self.largest, self.largest_id = len(events), workflow_id
         for event in events:
             self.by_type[EventType.Name(event.event_type)] += 1
-        self.activities = self.by_type["EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"]
+            if (
+                event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+                and event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+            ):
+                self.local_activities += 1
+        self.activities = self.by_type["EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"] + self.local_activities
         self.continued_as_new = self.by_type["EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW"]
 
 
@@ -183,10 +192,10 @@ async def collect(client: Client, executions: list[tuple[str, str]], stats: Hist
     return stats
 
 
-async def rollout_histories(
+async def family_histories(
     client: Client, workflow_id: str, first_run_id: str
 ) -> tuple[HistoryStats, list[tuple[str, str]]]:
-    """The histories of every run of the rollout (continue-as-new chain) and every child it started; and the
+    """The histories of every run of a workflow (continue-as-new chain) and of every child it started; and the
     children as (workflow id, run id)."""
     stats = HistoryStats()
     children: list[tuple[str, str]] = []
@@ -228,5 +237,5 @@ async def run_rollout(client: Client, nodes: FakeFleet, maxunavailable: int) -> 
             )
             status = await handle.result()
             seconds = time.perf_counter() - start
-    histories, children = await rollout_histories(client, handle.id, handle.first_execution_run_id or "")
+    histories, children = await family_histories(client, handle.id, handle.first_execution_run_id or "")
     return RolloutRun(handle.id, seconds, status, histories, children, cpu)
