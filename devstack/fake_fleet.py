@@ -63,6 +63,8 @@ from workflows.cluster_rollout import ClusterRollout
 from workflows.node_upgrade import NodeUpgrade
 
 STEP = 0.02  # default seconds a fake drain or stage takes, so that nodes overlap as real ones do
+#: Seconds between heartbeats of a long fake stage (the real one heartbeats per MiB written).
+HEARTBEAT_EVERY = 1.0
 
 
 @dataclass
@@ -253,6 +255,14 @@ class FakeFleet:
             yield
 
 
+async def _work(seconds: float) -> None:
+    """Take ``seconds``, heartbeating as a real long host step does (its heartbeat timeout would end it)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, HEARTBEAT_EVERY))
+        activity.heartbeat()
+
+
 class FakeHost:
     """The node activities of one fake node, named as the real ones."""
 
@@ -268,7 +278,7 @@ class FakeHost:
 
     @activity.defn(name="host_stage")
     async def host_stage(self, params: HostStageInput) -> HostStageOutput:
-        await asyncio.sleep(self.fleet.step + self.node.work_seconds)
+        await _work(self.fleet.step + self.node.work_seconds)
         slot = other_slot(self.node.booted)
         self.node.slots[slot] = params.source.osversion
         return HostStageOutput(
