@@ -11,12 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.os_resource import DEFAULT_CERTS_DIR, ImageType, OpsType
+
 SlotName = Literal["A", "B"]
 SLOT_NAMES: tuple[SlotName, SlotName] = ("A", "B")
-ImageType = Literal["docker", "disk", "containerd", ""]
-OpsType = Literal["upgrade", "rollback"]
 
-DEFAULT_CERTS_DIR = "/etc/KubeOS/certs"
 # Where ``docker login`` keeps credentials as root; the original pulled with docker, which read them there.
 DEFAULT_REGISTRY_AUTH_CONFIG = "/root/.docker/config.json"
 MIB = 1024 * 1024
