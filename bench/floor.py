@@ -29,7 +29,7 @@ FLOOR_TASK_QUEUE = "bench-floor"
 FLOOR_ACTIVITY_QUEUE = "bench-floor-activities"
 #: Activities per flat floor workflow: a few events each keeps every floor history under Temporal's 10,240 warning.
 MAX_ACTIVITIES_PER_WORKFLOW = 1500
-#: Nodes one per-node floor parent can run without continuing as new (about six events each).
+#: Nodes one per-node no-op parent can run without continuing as new (about six events each).
 MAX_FLEET_FLOOR_NODES = 1500
 _TIMEOUT = timedelta(minutes=1)
 

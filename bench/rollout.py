@@ -1,13 +1,15 @@
-"""Rollout overhead: the real ClusterRollout over simulated nodes whose work is instant, against two floors.
+"""Rollout overhead: the real ClusterRollout over simulated nodes whose work is instant, against the floor.
 
 Ours: the rollout and its NodeUpgrade children on the cluster worker, every node's host activities on the node's
 own queue, served by one worker per node (the in-memory fleet of devstack.fake_fleet, one poller each).
-The floors (bench.floor) run the same number of no-op activities, counted from our histories, through the same dev
-server and this same process:
+Two references (bench.floor) run the same number of no-op activities, counted from our histories, through the
+same dev server and this same process:
 - flat floor: ``maxunavailable`` side-by-side sequences in as few plain workflows as the history limit allows;
   the least Temporal needs to run these activities in this order. The target is measured against it.
-- per-node floor: a parent running one child per node, ``maxunavailable`` at a time, each child its no-op steps
-  one after the other; it tells what the one-workflow-per-node shape costs apart from our code.
+- per-node no-op: a parent running one child per node, ``maxunavailable`` at a time, each child its no-op steps
+  one after the other: the rollout's shape without its code. It is not a floor for ours (its activities all go
+  through one queue, where four of a node's ten steps reach our cluster worker eagerly), but it tells what the
+  one-workflow-per-node shape costs by itself.
 Each is timed from the start request to the last result, with the workers already polling; for each
 maxunavailable all run on one fresh dev server, the order reversed on every other run.
 
@@ -61,7 +63,7 @@ from bench.temporal_env import (
 from models.rollout import NodeState, Phase
 
 TARGET_FLOOR_RATIO = 2.0
-OURS, PER_NODE, FLAT = "ours", "per-node floor", "flat floor"
+OURS, PER_NODE, FLAT = "ours", "per-node no-op", "flat floor"
 #: Event types grouped for the breakdown: where a rollout's events go.
 _GROUPS = {
     "workflow tasks": ("WORKFLOW_TASK_",),
@@ -98,8 +100,8 @@ class Setting:
 
 
 def _floor_workers(client: Client, window: int) -> tuple[Worker, Worker]:
-    """The floors' workers. Their workflow cache holds every open workflow (the SDK's default of 1,000 does not
-    when a parent runs 1,000 children), so the floors never replay: a floor is the best case."""
+    """The references' workers. Their workflow cache holds every open workflow (the SDK's default of 1,000 does
+    not when a parent runs 1,000 children), so they never replay: a floor is the best case."""
     workflows = Worker(
         client,
         task_queue=FLOOR_TASK_QUEUE,
@@ -147,7 +149,7 @@ async def run_per_node_floor(client: Client, nodes: int, steps: int, window: int
             done = await handle.result()
             seconds = time.perf_counter() - start
     if done != nodes * steps:
-        raise RuntimeError(f"the per-node floor ran {done} activities, not {nodes * steps}")
+        raise RuntimeError(f"the per-node no-op ran {done} activities, not {nodes * steps}")
     histories, _ = await family_histories(client, handle.id, handle.first_execution_run_id or "")
     return Measurement(seconds, histories, cpu)
 
@@ -163,7 +165,7 @@ async def run_ours(client: Client, nodes: int, maxunavailable: int) -> Measureme
 async def run_variant(variant: str, client: Client, nodes: int, window: int, setting: Setting) -> Measurement:
     if variant == OURS:
         return await run_ours(client, nodes, window)
-    activities = setting.first(OURS).histories.activities  # the floors run as many activities as ours did
+    activities = setting.first(OURS).histories.activities  # the references run as many activities as ours
     if variant == FLAT:
         return await run_flat_floor(client, activities, window)
     return await run_per_node_floor(client, nodes, round(activities / nodes), window)
@@ -174,7 +176,7 @@ async def measure(nodes: int, maxunavailable: int, runs: int, partitions: int) -
     env = await start_dev_server(partitions)
     try:
         for run in range(runs):
-            # Ours first on even runs (the floors need its activity count), last on odd ones.
+            # Ours first on even runs (the references need its activity count), last on odd ones.
             order = [OURS, PER_NODE, FLAT] if run % 2 == 0 else [FLAT, PER_NODE, OURS]
             for variant in order:
                 if variant == PER_NODE and nodes > MAX_FLEET_FLOOR_NODES:
@@ -227,7 +229,7 @@ def report(nodes: int, settings: list[Setting]) -> None:
         "maxunavailable", "run", "wall s", "activities/s", "activities", "executions", "events", "events/node",
         "continue-as-new", "largest history", "server cpu s", "worker cpu s",
     )  # fmt: skip
-    print_table(f"Rollout of {nodes} instant nodes vs the floors (median wall time; counts of run 1)", headers, rows)
+    print_table(f"Rollout of {nodes} instant nodes vs the floor (median wall time; counts of run 1)", headers, rows)
     print(
         "\nexecutions: workflow runs (rollout runs and children; floor workflows); events/node: all events of those "
         "histories divided by the node count; server cpu: the dev server process; worker cpu: this process "
@@ -264,8 +266,8 @@ def report(nodes: int, settings: list[Setting]) -> None:
             "maxunavailable",
             "ours / flat (wall)",
             "ours / flat (cpu)",
-            "ours / per-node (wall)",
-            "per-node / flat (wall)",
+            "ours / per-node no-op (wall)",
+            "per-node no-op / flat (wall)",
         ),
         ratio_rows,
     )
@@ -306,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     if args.nodes > MAX_FLEET_FLOOR_NODES:
-        print(f"\nThe per-node floor runs up to {MAX_FLEET_FLOOR_NODES} nodes: skipped.")
+        print(f"\nThe per-node no-op runs up to {MAX_FLEET_FLOOR_NODES} nodes: skipped.")
     settings = [asyncio.run(measure(args.nodes, mu, args.runs, args.partitions)) for mu in args.maxunavailable]
     report(args.nodes, settings)
     return 0

@@ -1,4 +1,5 @@
-"""Smoke test of bench.rollout with a handful of nodes (not timed): ours and both floors run the same activities."""
+"""Smoke test of bench.rollout with a handful of nodes (not timed): ours, the per-node no-op and the flat floor
+run the same activities."""
 
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ def test_flat_floor_plan_keeps_every_history_small_and_the_window() -> None:
     assert floor.plan(7, 3) == [floor.FloorInput(chains=3, activities=7)]
 
 
-def test_rollout_prints_ours_and_both_floors_with_the_same_activities(capsys: pytest.CaptureFixture[str]) -> None:
+def test_rollout_prints_ours_the_per_node_no_op_and_the_floor_with_the_same_activities(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert rollout.main(["--nodes", "4", "--maxunavailable", "2"]) == 0
     text = capsys.readouterr().out
     rows = next(r for t, r in tables(text).items() if t.startswith("Rollout of 4 instant nodes"))
     by_run = {row[1]: row for row in rows}
-    assert [row[0] for row in rows] == ["2", "2", "2"] and set(by_run) == {"ours", "per-node floor", "flat floor"}
+    assert [row[0] for row in rows] == ["2", "2", "2"] and set(by_run) == {"ours", "per-node no-op", "flat floor"}
     ours = int(by_run["ours"][4])
     assert ours >= 4 * 5 and int(by_run["flat floor"][4]) == ours
-    assert int(by_run["per-node floor"][4]) == 4 * round(ours / 4)  # whole steps per node
-    assert int(by_run["ours"][5]) == 5 and int(by_run["per-node floor"][5]) == 5  # a parent and 4 children
+    assert int(by_run["per-node no-op"][4]) == 4 * round(ours / 4)  # whole steps per node
+    assert int(by_run["ours"][5]) == 5 and int(by_run["per-node no-op"][5]) == 5  # a parent and 4 children
     assert all(float(row[2]) > 0 for row in rows)
     assert set(targets(text)) == {"ours / flat floor, maxunavailable 2", "largest history, maxunavailable 2"}
