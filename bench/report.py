@@ -145,5 +145,6 @@ def print_machine(title: str, extra: Sequence[tuple[str, str]] = ()) -> None:
     print_table("Machine", ("", ""), rows)
 
 
-def tool_version(cmd: Sequence[str]) -> str:
-    return _first_line(cmd)
+def tool_version(cmd: Sequence[str], width: int = 72) -> str:
+    line = _first_line(cmd)
+    return line if len(line) <= width else line[: width - 1] + "…"
