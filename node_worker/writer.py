@@ -1,7 +1,9 @@
 """The verified writer: bytes from any source go straight into the inactive slot, hashed on the way.
 
 Both image sources use it: the HTTP download (``http_source``) and the root filesystem built from a container
-image (``oci_rootfs``). Memory stays flat: chunks are written as they arrive, never collected.
+image (``oci_rootfs``). Memory stays flat: chunks are written as they arrive, never collected. A
+:class:`WritePipeline` hashes and writes on a second thread, so producing the next chunk (receiving it over TLS,
+reading it from a file) overlaps with sha256 and ``pwrite``, which release the GIL.
 
 A stamp file per slot in the staging directory records the checksum and size of the image that was verified in
 that slot. Before a stamp is trusted (to skip a download, or to boot the slot) the slot's first ``size`` bytes are
@@ -17,13 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.host import HostErrorType
 from node_worker.errors import HostError
-from node_worker.slots import ByteProgress, Slot
+from node_worker.slots import CHUNK, ByteProgress, Slot
+
+# Buffers a pipeline owns: one being filled, the rest queued for or in the writing thread (memory: 4 MiB).
+PIPELINE_BUFFERS = 4
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,8 @@ class SlotWriter:
         self._hash = hashlib.sha256()
         self.position = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hash ``data`` and write it at the current position (bytes in the slot are the bytes hashed)."""
         end = self.position + len(data)
         if end > self.slot.size:
             raise HostError(
@@ -133,12 +141,12 @@ class SlotWriter:
         if not self.touched:
             self._stamps.clear(self.slot)
             self.touched = True
+        self._hash.update(data)
         view = memoryview(data)
         while view:
             n = os.pwrite(self._fd, view, self.slot.offset + self.position)
             self.position += n
             view = view[n:]
-        self._hash.update(data)
 
     def finish(self, expected: str | None) -> str:
         """Flush to the disk and check the hash; on a mismatch the slot is invalidated. Returns the sha256."""
@@ -156,6 +164,89 @@ class SlotWriter:
         self.slot.invalidate()
 
 
+class WritePipeline:
+    """Hashes and writes into a :class:`SlotWriter` on a second thread, in the order the chunks are handed over.
+
+    The caller fills a buffer from :meth:`take` and hands it over with :meth:`submit` (it comes back to the free
+    list once written), or hands over immutable chunks with :meth:`submit_bytes`; either way at most
+    ``buffers`` chunks are in flight, so memory stays flat. An error of the writing thread (ImageTooLarge, a
+    failed ``pwrite``) is raised in the caller at its next call. ``writer.position`` counts what is in the slot;
+    it is final only after :meth:`drain`, which must come before ``finish``, ``restart`` or a resumed request.
+    Leaving the ``with`` block stops the thread (and raises a pending error unless another one is on its way).
+    """
+
+    def __init__(self, writer: SlotWriter, buffers: int = PIPELINE_BUFFERS, size: int = CHUNK) -> None:
+        self.writer = writer
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(buffers):
+            self._free.put(bytearray(size))
+        self._work: queue.Queue[tuple[memoryview | bytes, bytearray | None] | None] = queue.Queue(buffers)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"slot-{writer.slot.name}-writer", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> WritePipeline:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self.close()
+        if exc_type is None:
+            self._raise_pending()
+
+    def take(self) -> bytearray:
+        """A free buffer to fill (waits while all are in flight)."""
+        self._raise_pending()
+        buf = self._free.get()
+        self._raise_pending()
+        return buf
+
+    def release(self, buf: bytearray) -> None:
+        """Give back a taken buffer whose bytes are not to be written."""
+        self._free.put(buf)
+
+    def submit(self, buf: bytearray, length: int) -> None:
+        """Write the first ``length`` bytes of a taken buffer; the buffer must not be touched until taken again."""
+        self._raise_pending()
+        self._work.put((memoryview(buf)[:length], buf))
+
+    def submit_bytes(self, data: bytes) -> None:
+        self._raise_pending()
+        self._work.put((data, None))
+
+    def drain(self) -> None:
+        """Wait until everything submitted is in the slot (or the writing thread failed: then raise its error)."""
+        self._work.join()
+        self._raise_pending()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            try:
+                if item is None:
+                    return
+                data, buf = item
+                if self._error is None:  # after a failure the rest is dropped, buffers still come back
+                    try:
+                        self.writer.write(data)
+                    except BaseException as exc:  # handed to the caller, which raises it
+                        self._error = exc
+                if isinstance(data, memoryview):
+                    data.release()
+                if buf is not None:
+                    self._free.put(buf)
+            finally:
+                self._work.task_done()
+
+
 def write_stream(
     slot: Slot,
     stamps: StampStore,
@@ -170,16 +261,20 @@ def write_stream(
 
     Returns (sha256, size). A failure after the first write leaves the slot invalidated. ``total``, when known,
     is refused up front if it does not fit. The digests of a container image the bytes were built from go into
-    the stamp.
+    the stamp. The next chunk is produced while the previous ones are hashed and written.
     """
     if total is not None and total > slot.size:
         raise HostError(HostErrorType.IMAGE_TOO_LARGE, f"the image ({total} bytes) is larger than {slot.describe()}")
     with SlotWriter(slot, stamps, manifest_digest, index_digest) as writer:
         try:
-            for data in chunks:
-                writer.write(data)
-                if progress is not None:
-                    progress(writer.position, total)
+            with WritePipeline(writer) as pipeline:
+                for data in chunks:
+                    pipeline.submit_bytes(data)
+                    if progress is not None:
+                        progress(writer.position, total)
+                pipeline.drain()
+            if progress is not None:
+                progress(writer.position, total)
             return writer.finish(expected), writer.position
         except BaseException:
             if writer.touched:
