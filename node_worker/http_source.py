@@ -3,30 +3,41 @@
 An interrupted transfer continues with an HTTP ``Range`` request when the server allows it (``If-Range`` with the
 first response's validator makes a changed file start over instead of splicing two versions); the whole image is
 hashed either way, so a resume can never pass off a mixed image.
+
+The body is read with the standard library's ``http.client`` straight into a few reusable 1 MiB buffers
+(``readinto``), which a :class:`~node_worker.writer.WritePipeline` hashes and writes on a second thread: receiving
+over TLS overlaps with sha256 and ``pwrite``, and no byte string is built per TLS record (httpx's ``iter_bytes``
+cost more CPU than the hash). Proxies from the environment (``https_proxy``, ``http_proxy``, ``no_proxy``) are
+used as curl uses them.
 """
 
 from __future__ import annotations
 
+import http.client
 import re
 import ssl
 import time
-from urllib.parse import urlsplit
-
-import httpx
+import urllib.request
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from models.host import HostErrorType, ImageSource
 from node_worker.errors import HostError
 from node_worker.nodelog import NodeLog
-from node_worker.slots import CHUNK, ByteProgress
+from node_worker.slots import ByteProgress
 from node_worker.tls import ssl_error_in
-from node_worker.writer import SlotWriter
+from node_worker.writer import SlotWriter, WritePipeline
 
 # Consecutive failed requests (no byte gained) before the attempt gives up; the activity's retry then resumes.
 MAX_FAILURES_WITHOUT_PROGRESS = 4
 # Backoff between requests of one attempt: RETRY_BASE_DELAY * 2**failures seconds, at most 5 s.
 RETRY_BASE_DELAY = 0.25
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE_RE = re.compile(r"^bytes (?P<first>\d+)-(?P<last>\d+)/(?P<total>\d+|\*)$")
-_TIMEOUT = httpx.Timeout(connect=30.0, read=60.0, write=60.0, pool=30.0)
+_CONNECT_TIMEOUT = 30.0  # TCP connect and TLS handshake
+_READ_TIMEOUT = 60.0  # each read (and write) once connected
 
 
 def check_url_policy(source: ImageSource, log: NodeLog) -> str:
@@ -58,27 +69,151 @@ def _status_error(url: str, status: int) -> HostError:
     return HostError(kind, f"Failed to download upgrade image from {url}, status: {status}")
 
 
+class _Interrupted(Exception):
+    """The transfer broke (network, TLS record, HTTP framing): a further request may continue it."""
+
+
+@contextmanager
+def _transport(url: str) -> Iterator[None]:
+    """Network failures inside the block become :class:`_Interrupted`, except a server certificate that does not
+    verify (retrying cannot help). Only network calls go in here: an ``OSError`` of the disk is not a transfer
+    problem."""
+    try:
+        yield
+    except (OSError, http.client.HTTPException) as exc:
+        if ssl_error_in(exc, ssl.SSLCertVerificationError) is not None:
+            raise HostError(HostErrorType.CERTIFICATE, f"TLS verification of {url} failed with cacert: {exc}") from exc
+        raise _Interrupted(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _proxy_for(parts: SplitResult) -> SplitResult | None:
+    """The environment's proxy for ``parts`` (None: connect directly), as curl reads it."""
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    found = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if found.scheme != "http" or not found.hostname:
+        raise HostError(
+            HostErrorType.HOST_MISCONFIGURED, f"{parts.scheme}_proxy: only http:// proxies are supported, got {proxy}"
+        )
+    return found
+
+
+def _connect(parts: SplitResult, ctx: ssl.SSLContext | None) -> tuple[http.client.HTTPConnection, str]:
+    """An open connection for the URL ``parts`` (through a proxy if the environment names one) and the request
+    target to send on it. Call inside :func:`_transport`."""
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    proxy = _proxy_for(parts)
+    where = (proxy.hostname or "", proxy.port or 80) if proxy is not None else (host, port)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        context = ctx if ctx is not None else ssl.create_default_context()
+        conn = http.client.HTTPSConnection(*where, context=context, timeout=_CONNECT_TIMEOUT)
+        if proxy is not None:
+            conn.set_tunnel(host, port)
+    else:
+        conn = http.client.HTTPConnection(*where, timeout=_CONNECT_TIMEOUT)
+        if proxy is not None:
+            target = parts.geturl()  # absolute form: the proxy forwards it
+    try:
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.settimeout(_READ_TIMEOUT)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, target
+
+
+def _get(
+    url: str, headers: dict[str, str], ctx: ssl.SSLContext | None
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
+    """GET ``url`` following at most MAX_REDIRECTS redirects (relative ones too); never from https to anything
+    else. Returns the connection (the caller closes it), the response and the URL that answered."""
+    https = urlsplit(url).scheme.lower() == "https"
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(current)
+        with _transport(url):
+            conn, target = _connect(parts, ctx)
+            try:
+                conn.request("GET", target, headers=headers)
+                resp = conn.getresponse()
+            except BaseException:
+                conn.close()
+                raise
+        location = resp.getheader("location")
+        if resp.status not in _REDIRECT_STATUSES or not location:
+            return conn, resp, current
+        conn.close()
+        current = urljoin(current, location.strip())
+        scheme = urlsplit(current).scheme.lower()
+        if (https and scheme != "https") or scheme not in ("http", "https"):
+            raise HostError(HostErrorType.UNSAFE_ADDRESS, f"{url} redirected to {current}, not https")
+    raise HostError(HostErrorType.DOWNLOAD_FAILED, f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
 class _Response:
     """What one response tells about the image: total size, where it starts, whether ranges work."""
 
-    def __init__(self, resp: httpx.Response, requested_from: int) -> None:
-        self.status = resp.status_code
+    def __init__(self, resp: http.client.HTTPResponse, url: str, requested_from: int) -> None:
+        self.status = resp.status
         self.start = 0
         self.total: int | None = None
-        encoded = resp.headers.get("content-encoding", "identity").lower() not in ("", "identity")
+        encoding = resp.getheader("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # We asked for identity; an encoded body is not the image whose checksum we have.
+            raise HostError(HostErrorType.DOWNLOAD_FAILED, f"{url}: the server sent Content-Encoding {encoding!r}")
         if self.status == 206:
-            m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
+            m = _CONTENT_RANGE_RE.match(resp.getheader("content-range", ""))
             if m is None:
-                raise HostError(HostErrorType.DOWNLOAD_RETRY, f"{resp.url}: 206 without a usable Content-Range header")
+                raise HostError(HostErrorType.DOWNLOAD_RETRY, f"{url}: 206 without a usable Content-Range header")
             self.start = int(m["first"])
             self.total = None if m["total"] == "*" else int(m["total"])
-        elif not encoded and "content-length" in resp.headers:
-            self.total = int(resp.headers["content-length"])
-        self.ranges = not encoded and (self.status == 206 or resp.headers.get("accept-ranges", "") == "bytes")
-        etag = resp.headers.get("etag", "")
+        elif resp.length is not None:  # Content-Length, unless the body is chunked
+            self.total = resp.length
+        self.ranges = self.status == 206 or resp.getheader("accept-ranges", "") == "bytes"
+        etag = resp.getheader("etag", "")
         # Only a strong validator may guard a range request (RFC 9110 13.1.5).
-        self.validator = etag if etag and not etag.startswith("W/") else resp.headers.get("last-modified", "")
+        self.validator = etag if etag and not etag.startswith("W/") else resp.getheader("last-modified", "")
         self.requested_from = requested_from
+
+
+def _receive(
+    url: str,
+    resp: http.client.HTTPResponse,
+    pipeline: WritePipeline,
+    report: ByteProgress,
+    total: int | None,
+) -> None:
+    """Read the body into the pipeline's buffers until its end. A buffer the connection broke in is dropped (its
+    bytes come again with the next request, so a resume starts at a whole buffer) and :class:`_Interrupted`
+    raised."""
+    while True:
+        buf = pipeline.take()
+        view = memoryview(buf)
+        filled = 0
+        try:
+            with _transport(url):
+                while filled < len(buf) and (got := resp.readinto(view[filled:])):
+                    filled += got
+            if filled < len(buf) and resp.length:  # readinto reports a body cut short as its end
+                raise _Interrupted(f"connection closed with {resp.length} bytes of the response missing")
+        except BaseException:
+            view.release()
+            pipeline.release(buf)
+            raise
+        view.release()
+        if not filled:
+            pipeline.release(buf)
+            return
+        pipeline.submit(buf, filled)
+        report(pipeline.writer.position, total)
+        if filled < len(buf):
+            return
 
 
 def download_into(
@@ -92,18 +227,19 @@ def download_into(
 
     Raises :class:`HostError`: DownloadFailed (4xx, not retryable), DownloadInterrupted (retryable: the writer's
     position is where a retry resumes), ImageTooLarge (refused before writing when the size is announced),
-    CertificateError (the server's certificate did not verify).
+    CertificateError (the server's certificate did not verify), UnsafeAddress (https redirected elsewhere).
     """
     url = source.imageurl
-    https = urlsplit(url).scheme.lower() == "https"
-    if not https:
+    if urlsplit(url).scheme.lower() != "https":
         log.warning(f"downloading over plain http because flagSafe is true: {url}")
+    report: ByteProgress = progress if progress is not None else (lambda done, total: None)
     failures = 0
     validator = ""
     ranges = writer.position > 0  # a resumed attempt tries a range; the answer tells whether it works
     total: int | None = None
-    with httpx.Client(verify=ctx if ctx is not None else True, timeout=_TIMEOUT, follow_redirects=True) as client:
+    with WritePipeline(writer) as pipeline:
         while True:
+            pipeline.drain()  # writer.position is final: where this request starts
             start = writer.position if ranges else 0
             headers = {"Accept-Encoding": "identity"}
             if start:
@@ -112,17 +248,16 @@ def download_into(
                     headers["If-Range"] = validator
             gained_from = writer.position
             try:
-                with client.stream("GET", url, headers=headers) as resp:
-                    if https and resp.url.scheme != "https":
-                        raise HostError(HostErrorType.UNSAFE_ADDRESS, f"{url} redirected to {resp.url}, not https")
-                    if resp.status_code == 416 and start:
+                conn, resp, answered = _get(url, headers, ctx)
+                with closing(conn):
+                    if resp.status == 416 and start:
                         log.warning(f"{url}: range from {start} not satisfiable; starting over")
                         writer.restart()
                         ranges = False
                         continue
-                    if resp.status_code not in (200, 206):
-                        raise _status_error(url, resp.status_code)
-                    info = _Response(resp, start)
+                    if resp.status not in (200, 206):
+                        raise _status_error(url, resp.status)
+                    info = _Response(resp, answered, start)
                     if info.status == 200 or info.start != start:
                         if start:
                             log.warning(f"{url}: the server sent the whole image again; starting over")
@@ -138,19 +273,16 @@ def download_into(
                     validator = validator or info.validator
                     if start and writer.position == start:
                         log.info(f"{url}: resuming at byte {start}")
-                    for data in resp.iter_bytes(CHUNK):
-                        writer.write(data)
-                        if progress is not None:
-                            progress(writer.position, total)
+                    _receive(url, resp, pipeline, report, total)
+                    pipeline.drain()
+                report(writer.position, total)
                 if total is None or writer.position >= total:
                     return total if total is not None else writer.position
                 problem = f"connection closed at byte {writer.position} of {total}"
-            except httpx.TransportError as exc:
-                if ssl_error_in(exc, ssl.SSLCertVerificationError) is not None:
-                    raise HostError(
-                        HostErrorType.CERTIFICATE, f"TLS verification of {url} failed with cacert: {exc}"
-                    ) from exc
-                problem = f"{type(exc).__name__}: {exc}"
+            except _Interrupted as exc:
+                pipeline.drain()
+                report(writer.position, total)
+                problem = str(exc)
             failures = 1 if writer.position > gained_from else failures + 1
             if failures > MAX_FAILURES_WITHOUT_PROGRESS:
                 raise HostError(
