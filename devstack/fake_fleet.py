@@ -59,8 +59,7 @@ from models.host import (
     other_slot,
 )
 from models.rollout import CLUSTER_TASK_QUEUE, RolloutSettings
-from workflows.cluster_rollout import ClusterRollout
-from workflows.node_upgrade import NodeUpgrade
+from workers.cluster_worker import build_worker
 
 STEP = 0.02  # default seconds a fake drain or stage takes, so that nodes overlap as real ones do
 #: Seconds between heartbeats of a long fake stage (the real one heartbeats per MiB written).
@@ -235,12 +234,7 @@ class FakeFleet:
         polls = PollerBehaviorSimpleMaximum(node_pollers)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(
-                Worker(
-                    client,
-                    task_queue=task_queue,
-                    workflows=[ClusterRollout, NodeUpgrade],
-                    activities=self.cluster_activities(),
-                )
+                build_worker(client, None, task_queue=task_queue, activities=self.cluster_activities())
             )
             for node in self.nodes.values():
                 host = FakeHost(node, self)
