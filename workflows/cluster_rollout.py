@@ -71,6 +71,8 @@ class ClusterRollout:
         self._running: dict[str, asyncio.Task[None]] = {}
         #: Bumped whenever something the main loop waits on changes (a child ended, a signal arrived).
         self._changes = 0
+        #: ``_changes`` when the current details were last set (-1: never).
+        self._published = -1
 
     # ---------------------------------------------------------------------------------------- messages
 
@@ -153,6 +155,7 @@ class ClusterRollout:
                 await self._roll_back()
         self._finish()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        self._publish_details()
         return self.status()
 
     async def _plan(self) -> None:
@@ -304,16 +307,26 @@ class ClusterRollout:
             state.pause_reason = f"{reason}; resume to go on, or roll back"
 
     async def _wait_running(self) -> None:
-        await workflow.wait_condition(lambda: not self._running)
+        while self._running:
+            await self._wait_change()
 
     async def _wait_change(self, timeout: float | None = None) -> None:
+        self._publish_details()
         seen = self._changes
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(lambda: self._changes != seen, timeout=timeout)
 
     def _changed(self) -> None:
         self._changes += 1
-        if self._state is not None:
+
+    def _publish_details(self) -> None:
+        """The Web UI's "current details": the progress table, rebuilt once per wait rather than per change.
+
+        It costs a pass over every node, and one workflow task can carry hundreds of changes (a window of 1,000
+        nodes starting, a burst of children ending): every wait comes after the changes it waits past, so the
+        table is current whenever the workflow is idle, which is when anyone can read it."""
+        if self._state is not None and self._changes != self._published:
+            self._published = self._changes
             workflow.set_current_details(progress_markdown(self.status()))
 
     # ---------------------------------------------------------------------------------------- bookkeeping
