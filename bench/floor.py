@@ -37,12 +37,20 @@ _TIMEOUT = timedelta(minutes=1)
 class FloorInput(BaseModel):
     chains: int
     activities: int
+    #: how many of ``activities`` run as local activities (as many as the rollout ran locally)
+    local: int = 0
 
 
 class FleetFloorInput(BaseModel):
     nodes: int
     steps: int
     window: int
+    local_steps: int = 0
+
+
+class NodeFloorInput(BaseModel):
+    steps: int
+    local_steps: int = 0
 
 
 @activity.defn(name="bench_noop")
@@ -56,34 +64,52 @@ def split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def plan(activities: int, chains: int) -> list[FloorInput]:
-    """The flat floor workflows for ``activities`` activities in ``chains`` side-by-side sequences (at least one
-    chain per workflow)."""
+def plan(activities: int, chains: int, local: int = 0) -> list[FloorInput]:
+    """The flat floor workflows for ``activities`` activities (``local`` of them local) in ``chains`` side-by-side
+    sequences (at least one chain per workflow)."""
     workflows = max(1, -(-activities // MAX_ACTIVITIES_PER_WORKFLOW))
     per_workflow = split(activities, workflows)
+    local_each = split(local, workflows)
     chains_each = split(max(chains, workflows), workflows)
-    return [FloorInput(chains=c, activities=a) for c, a in zip(chains_each, per_workflow, strict=True)]
+    return [
+        FloorInput(chains=c, activities=a, local=min(lo, a))
+        for c, a, lo in zip(chains_each, per_workflow, local_each, strict=True)
+    ]
 
 
-async def _sequence(length: int) -> None:
-    for step in range(length):
-        await workflow.execute_activity(noop, step, task_queue=FLOOR_ACTIVITY_QUEUE, start_to_close_timeout=_TIMEOUT)
+def local_steps(length: int, local: int) -> list[bool]:
+    """Which of ``length`` steps are local activities: ``local`` of them, spread evenly, each after a regular one
+    where it can be (as a rollout's cordon follows its stage), so that it rides on that one's workflow task."""
+    local = min(local, length)
+    return [(i + 1) * local // length > i * local // length for i in range(length)]
+
+
+async def _sequence(length: int, local: int = 0) -> None:
+    for step, is_local in enumerate(local_steps(length, local)):
+        if is_local:
+            await workflow.execute_local_activity(noop, step, start_to_close_timeout=_TIMEOUT)
+        else:
+            await workflow.execute_activity(
+                noop, step, task_queue=FLOOR_ACTIVITY_QUEUE, start_to_close_timeout=_TIMEOUT
+            )
 
 
 @workflow.defn(name=FLOOR_WORKFLOW)
 class BenchFloor:
     @workflow.run
     async def run(self, inp: FloorInput) -> int:
-        await asyncio.gather(*(_sequence(length) for length in split(inp.activities, inp.chains)))
+        lengths = split(inp.activities, inp.chains)
+        locals_ = split(inp.local, inp.chains)
+        await asyncio.gather(*(_sequence(length, lo) for length, lo in zip(lengths, locals_, strict=True)))
         return inp.activities
 
 
 @workflow.defn(name=NODE_FLOOR_WORKFLOW)
 class BenchNodeFloor:
     @workflow.run
-    async def run(self, steps: int) -> int:
-        await _sequence(steps)
-        return steps
+    async def run(self, inp: NodeFloorInput) -> int:
+        await _sequence(inp.steps, inp.local_steps)
+        return inp.steps
 
 
 @workflow.defn(name=FLEET_FLOOR_WORKFLOW)
@@ -96,7 +122,10 @@ class BenchFleetFloor:
         async def node(index: int) -> int:
             async with slots:
                 done: int = await workflow.execute_child_workflow(
-                    NODE_FLOOR_WORKFLOW, inp.steps, id=f"{parent}/{index}", result_type=int
+                    NODE_FLOOR_WORKFLOW,
+                    NodeFloorInput(steps=inp.steps, local_steps=inp.local_steps),
+                    id=f"{parent}/{index}",
+                    result_type=int,
                 )
                 return done
 

@@ -106,12 +106,13 @@ def _floor_workers(client: Client, window: int) -> tuple[Worker, Worker]:
         client,
         task_queue=FLOOR_TASK_QUEUE,
         workflows=[BenchFloor, BenchFleetFloor, BenchNodeFloor],
+        activities=[noop],  # its local activities
         max_cached_workflows=max(1000, 2 * window + 10),
     )
     return workflows, Worker(client, task_queue=FLOOR_ACTIVITY_QUEUE, activities=[noop])
 
 
-async def run_flat_floor(client: Client, activities: int, chains: int) -> Measurement:
+async def run_flat_floor(client: Client, activities: int, chains: int, local: int) -> Measurement:
     workflows, activity_worker = _floor_workers(client, chains)
     async with workflows, activity_worker:
         with CpuClock() as cpu:
@@ -124,7 +125,7 @@ async def run_flat_floor(client: Client, activities: int, chains: int) -> Measur
                     task_queue=FLOOR_TASK_QUEUE,
                     result_type=int,
                 )
-                for inp in plan(activities, chains)
+                for inp in plan(activities, chains, local)
             ]
             done = sum(await asyncio.gather(*(h.result() for h in handles)))
             seconds = time.perf_counter() - start
@@ -134,14 +135,14 @@ async def run_flat_floor(client: Client, activities: int, chains: int) -> Measur
     return Measurement(seconds, await collect(client, executions), cpu)
 
 
-async def run_per_node_floor(client: Client, nodes: int, steps: int, window: int) -> Measurement:
+async def run_per_node_floor(client: Client, nodes: int, steps: int, local_steps: int, window: int) -> Measurement:
     workflows, activity_worker = _floor_workers(client, window)
     async with workflows, activity_worker:
         with CpuClock() as cpu:
             start = time.perf_counter()
             handle = await client.start_workflow(
                 FLEET_FLOOR_WORKFLOW,
-                FleetFloorInput(nodes=nodes, steps=steps, window=window),
+                FleetFloorInput(nodes=nodes, steps=steps, window=window, local_steps=local_steps),
                 id=f"bench-fleet-floor-{uuid.uuid4().hex[:8]}",
                 task_queue=FLOOR_TASK_QUEUE,
                 result_type=int,
@@ -165,13 +166,15 @@ async def run_ours(client: Client, nodes: int, maxunavailable: int) -> Measureme
 async def run_variant(variant: str, client: Client, nodes: int, window: int, setting: Setting) -> Measurement:
     if variant == OURS:
         return await run_ours(client, nodes, window)
-    activities = setting.first(OURS).histories.activities  # the references run as many activities as ours
+    # The references run as many activities as ours, as many of them local.
+    ours = setting.first(OURS).histories
     if variant == FLAT:
-        return await run_flat_floor(client, activities, window)
-    return await run_per_node_floor(client, nodes, round(activities / nodes), window)
+        return await run_flat_floor(client, ours.activities, window, ours.local_activities)
+    steps, local_steps = round(ours.activities / nodes), round(ours.local_activities / nodes)
+    return await run_per_node_floor(client, nodes, steps, local_steps, window)
 
 
-async def measure(nodes: int, maxunavailable: int, runs: int, partitions: int) -> Setting:
+async def measure(nodes: int, maxunavailable: int, runs: int, partitions: int, variants: list[str]) -> Setting:
     setting = Setting(maxunavailable)
     env = await start_dev_server(partitions)
     try:
@@ -179,7 +182,7 @@ async def measure(nodes: int, maxunavailable: int, runs: int, partitions: int) -
             # Ours first on even runs (the references need its activity count), last on odd ones.
             order = [OURS, PER_NODE, FLAT] if run % 2 == 0 else [FLAT, PER_NODE, OURS]
             for variant in order:
-                if variant == PER_NODE and nodes > MAX_FLEET_FLOOR_NODES:
+                if variant not in variants or (variant == PER_NODE and nodes > MAX_FLEET_FLOOR_NODES):
                     continue
                 measurement = await run_variant(variant, env.client, nodes, maxunavailable, setting)
                 setting.runs.setdefault(variant, []).append(measurement)
@@ -297,7 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--partitions", type=int, default=DEFAULT_PARTITIONS, help="dev server partitions per task queue (default 1)"
     )
+    parser.add_argument(
+        "--skip-per-node",
+        action="store_true",
+        help="leave out the per-node no-op (it is for attribution only; the target is against the flat floor)",
+    )
     args = parser.parse_args(argv)
+    variants = [OURS, FLAT] if args.skip_per_node else [OURS, PER_NODE, FLAT]
     if min(args.nodes, args.runs, args.partitions, *args.maxunavailable) < 1:
         parser.error("--nodes, --runs, --partitions and every --maxunavailable must be at least 1")
     print_machine(
@@ -309,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.nodes > MAX_FLEET_FLOOR_NODES:
         print(f"\nThe per-node no-op runs up to {MAX_FLEET_FLOOR_NODES} nodes: skipped.")
-    settings = [asyncio.run(measure(args.nodes, mu, args.runs, args.partitions)) for mu in args.maxunavailable]
+    settings = [
+        asyncio.run(measure(args.nodes, mu, args.runs, args.partitions, variants)) for mu in args.maxunavailable
+    ]
     report(args.nodes, settings)
     return 0
 
