@@ -1,11 +1,13 @@
 """Record the histories ``test_replay.py`` replays, from a real run on the embedded stack.
 
-    .venv/bin/python -m tests.workflows.record_histories [--out DIR]
+    .venv/bin/python -m tests.workflows.record_histories [--out DIR] [--rollout-id ID]
 
 It starts the dev stack (2 simulated hosts) in a temporary directory and runs one rollout that exercises every
 kind of message the rollout takes (``pause`` and ``resume`` signals, the ``set_max_unavailable`` update, ``status``
 queries), then writes the history of that rollout (``recorded-rollout.json``) and of its first node's NodeUpgrade
-(``recorded-rollout__node-1.json``) to ``tests/workflows/histories/``. About 40 s.
+(``recorded-rollout__node-1.json``) to ``tests/workflows/histories/``. About 40 s. A change guarded with
+``workflow.patched`` keeps the old files and records new ones beside them under another ``--rollout-id``
+(``recorded-rollout-<patch>``), so that both the old and the new path keep replaying.
 
 Refresh them only deliberately: a workflow change that makes the committed histories fail to replay would also
 break the rollouts running when it is deployed. Guard such a change with ``workflow.patched(...)`` (then keep
@@ -35,7 +37,7 @@ CLUSTER_ROLLOUT_FILE = file_name(ROLLOUT_ID)
 NODE_UPGRADE_FILE = file_name(f"{ROLLOUT_ID}/{NODE}")
 
 
-async def record(out: Path) -> None:
+async def record(out: Path, rollout_id: str = ROLLOUT_ID) -> None:
     with tempfile.TemporaryDirectory(prefix="kubeos-histories-") as state:
         stack = DevStack(Path(state), nodes=2, slot_size=32 * 1024 * 1024, with_registry=False)
         await stack.start()
@@ -46,7 +48,7 @@ async def record(out: Path) -> None:
             tag = await e2e.select(names)
             image = await e2e.new_image()
             resource = e2e.os_resource("os-sample", image, tag, maxunavailable=1)
-            handle = await e2e.start(resource, workflow_id=ROLLOUT_ID)
+            handle = await e2e.start(resource, workflow_id=rollout_id)
             await e2e.wait_status(handle, lambda s: bool(s.in_flight), "a node in flight")
             await handle.signal("pause", "recording")
             await e2e.wait_status(handle, lambda s: s.phase == Phase.PAUSED and not s.in_flight, "paused")
@@ -69,10 +71,11 @@ async def record(out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HISTORIES, help=f"where to write (default {HISTORIES})")
+    parser.add_argument("--rollout-id", default=ROLLOUT_ID, help=f"the rollout's workflow id (default {ROLLOUT_ID})")
     args = parser.parse_args()
     # Plain payloads: the histories must replay without anyone's encryption key.
     os.environ.pop("KUBEOS_ROLLOUT_CODEC_KEY", None)
-    asyncio.run(record(args.out))
+    asyncio.run(record(args.out, args.rollout_id))
     return 0
 
 

@@ -6,6 +6,7 @@ A failure here means a change to ``workflows/`` is not compatible with rollouts 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from temporalio.workflow import NondeterminismError
 
 from tests.workflows.record_histories import CLUSTER_ROLLOUT_FILE, NODE_UPGRADE_FILE
 from tests.workflows.replay import HISTORIES, load, replay
+from workflows.node_upgrade import PATCH_LOCAL_CORDON
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
 
@@ -37,3 +39,23 @@ async def test_a_history_the_code_would_not_have_written_fails_to_replay() -> No
     first.activity_task_scheduled_event_attributes.activity_type.name = "some_other_activity"
     with pytest.raises(NondeterminismError):
         await replay(WorkflowHistory(history.workflow_id, events))
+
+
+def _patches(history: WorkflowHistory) -> set[str]:
+    """The ``workflow.patched`` ids a history recorded (each a ``core_patch`` marker naming it)."""
+    found = set()
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            attributes = event.marker_recorded_event_attributes
+            if attributes.marker_name == "core_patch" and "patch-data" in attributes.details:
+                found.add(json.loads(attributes.details["patch-data"].payloads[0].data)["id"])
+    return found
+
+
+@pytest.mark.parametrize("patch", [PATCH_LOCAL_CORDON])
+def test_each_patch_has_a_node_history_from_before_and_after(patch: str) -> None:
+    """Both branches of every ``workflow.patched`` in NodeUpgrade are replayed above: a run from before the
+    change (no marker) and one from after (the marker)."""
+    nodes = [load(p) for p in RECORDED if "__" in p.stem]
+    assert any(patch not in _patches(h) for h in nodes)
+    assert any(patch in _patches(h) for h in nodes)
