@@ -72,3 +72,12 @@ def test_temporal_values_use_postgresql() -> None:
     values = yaml.safe_load((DEPLOY / "temporal" / "values.yaml").read_text())
     assert values["server"]["config"]["persistence"]["default"]["sql"]["driver"] == "postgres12"
     assert values["cassandra"]["enabled"] is False
+
+
+def test_temporal_values_give_the_rollouts_namespace_one_partition_per_task_queue() -> None:
+    """Node queues have one poller each; 4 partitions (the server's default) per queue only load matching."""
+    values = yaml.safe_load((DEPLOY / "temporal" / "values.yaml").read_text())
+    config = yaml.safe_load((DEPLOY / "cluster" / "config.yaml").read_text())
+    namespace = config["data"]["TEMPORAL_NAMESPACE"]
+    for key in ("matching.numTaskqueueReadPartitions", "matching.numTaskqueueWritePartitions"):
+        assert {"value": 1, "constraints": {"namespace": namespace}} in values["server"]["dynamicConfig"][key]
