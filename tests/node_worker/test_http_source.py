@@ -4,6 +4,7 @@ no thread left behind (real HTTPS servers on 127.0.0.1)."""
 from __future__ import annotations
 
 import errno
+import gzip
 import http.server
 import os
 import select
@@ -42,6 +43,14 @@ class _RedirectHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.hits.append(self.path)
+        if self.path == "/gzipped":  # an encoded body, although the client asked for identity
+            body = gzip.compress(b"not the image")
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         location = self.server.routes.get(self.path)
         self.send_response(302 if location is not None else 404)
         if location is not None:
@@ -58,7 +67,8 @@ class _RedirectServer(http.server.ThreadingHTTPServer):
 
 @pytest.fixture
 def redirector(pki: Pki) -> Iterator[_RedirectServer]:
-    """An HTTPS server (same CA as the image server) that answers 302 to the Location in ``routes[path]``."""
+    """An HTTPS server (same CA as the image server) that answers 302 to the Location in ``routes[path]``, and a
+    gzip-encoded body at ``/gzipped``."""
     server = _RedirectServer(("127.0.0.1", 0), _RedirectHandler)
     server.routes, server.hits = {}, []
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -109,6 +119,15 @@ def test_endless_redirects_fail_without_retry(host: SimHost, redirector: _Redire
         host.agent.stage(disk_source(f"{_base(redirector)}/loop", new_image))
     assert err.value.kind == HostErrorType.DOWNLOAD_FAILED
     assert len(redirector.hits) == MAX_REDIRECTS + 1
+
+
+def test_an_encoded_body_is_refused(host: SimHost, redirector: _RedirectServer, new_image: Image) -> None:
+    """The checksum is of the image as it is: a server that compresses it anyway is refused, not decoded."""
+    before = host.slot_digest("B")
+    with pytest.raises(HostError, match="Content-Encoding 'gzip'") as err:
+        host.agent.stage(disk_source(f"{_base(redirector)}/gzipped", new_image))
+    assert err.value.kind == HostErrorType.DOWNLOAD_FAILED
+    assert host.slot_digest("B") == before
 
 
 class _ConnectProxy(socketserver.ThreadingTCPServer):
