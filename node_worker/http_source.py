@@ -13,6 +13,7 @@ used as curl uses them.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import re
 import ssl
@@ -20,7 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 from models.host import HostErrorType, ImageSource
 from node_worker.errors import HostError
@@ -86,11 +87,24 @@ def _transport(url: str) -> Iterator[None]:
         raise _Interrupted(f"{type(exc).__name__}: {exc}") from exc
 
 
+def _host_and_port(parts: SplitResult) -> str:
+    return parts.netloc.rpartition("@")[2]
+
+
+def _hop_headers(parts: SplitResult, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` plus Host, and Basic credentials if this URL carries them (as httpx and curl send them)."""
+    hop = {**headers, "Host": _host_and_port(parts)}
+    if parts.username is not None or parts.password is not None:
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        hop["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    return hop
+
+
 def _proxy_for(parts: SplitResult) -> SplitResult | None:
     """The environment's proxy for ``parts`` (None: connect directly), as curl reads it."""
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(parts.scheme)
-    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+    if not proxy or urllib.request.proxy_bypass(_host_and_port(parts)):
         return None
     found = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     if found.scheme != "http" or not found.hostname:
@@ -117,7 +131,7 @@ def _connect(parts: SplitResult, ctx: ssl.SSLContext | None) -> tuple[http.clien
     else:
         conn = http.client.HTTPConnection(*where, timeout=_CONNECT_TIMEOUT)
         if proxy is not None:
-            target = parts.geturl()  # absolute form: the proxy forwards it
+            target = parts._replace(netloc=_host_and_port(parts), fragment="").geturl()  # absolute form
     try:
         conn.connect()
         assert conn.sock is not None
@@ -140,7 +154,7 @@ def _get(
         with _transport(url):
             conn, target = _connect(parts, ctx)
             try:
-                conn.request("GET", target, headers=headers)
+                conn.request("GET", target, headers=_hop_headers(parts, headers))
                 resp = conn.getresponse()
             except BaseException:
                 conn.close()
@@ -151,8 +165,10 @@ def _get(
         conn.close()
         current = urljoin(current, location.strip())
         scheme = urlsplit(current).scheme.lower()
-        if (https and scheme != "https") or scheme not in ("http", "https"):
+        if https and scheme != "https":
             raise HostError(HostErrorType.UNSAFE_ADDRESS, f"{url} redirected to {current}, not https")
+        if scheme not in ("http", "https"):
+            raise HostError(HostErrorType.UNSAFE_ADDRESS, f"{url} redirected to {current}: only http and https")
     raise HostError(HostErrorType.DOWNLOAD_FAILED, f"{url}: more than {MAX_REDIRECTS} redirects")
 
 

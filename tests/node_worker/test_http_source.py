@@ -3,6 +3,7 @@ no thread left behind (real HTTPS servers on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import base64
 import errno
 import gzip
 import http.server
@@ -43,6 +44,7 @@ class _RedirectHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.hits.append(self.path)
+        self.server.auth.append(self.headers.get("Authorization"))
         if self.path == "/gzipped":  # an encoded body, although the client asked for identity
             body = gzip.compress(b"not the image")
             self.send_response(200)
@@ -63,6 +65,7 @@ class _RedirectServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     routes: dict[str, str]
     hits: list[str]
+    auth: list[str | None]
 
 
 @pytest.fixture
@@ -70,7 +73,7 @@ def redirector(pki: Pki) -> Iterator[_RedirectServer]:
     """An HTTPS server (same CA as the image server) that answers 302 to the Location in ``routes[path]``, and a
     gzip-encoded body at ``/gzipped``."""
     server = _RedirectServer(("127.0.0.1", 0), _RedirectHandler)
-    server.routes, server.hits = {}, []
+    server.routes, server.hits, server.auth = {}, [], []
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(pki.server.cert), str(pki.server.key))
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
@@ -91,11 +94,16 @@ def _base(server: _RedirectServer) -> str:
 def test_redirects_are_followed_relative_and_absolute(
     host: SimHost, redirector: _RedirectServer, https_server: ImageServer, new_image: Image
 ) -> None:
+    """Credentials in the URL go as Basic auth to that server, not to the one it redirects to."""
     redirector.routes = {"/a/start": "next", "/a/next": https_server.url(new_image.name)}
-    out = host.agent.stage(disk_source(f"{_base(redirector)}/a/start", new_image))
+    url = _base(redirector).replace("https://", "https://node:s%40cret@") + "/a/start"
+    out = host.agent.stage(disk_source(url, new_image))
     assert out.checksum == new_image.sha256
     assert redirector.hits == ["/a/start", "/a/next"]  # "next" was resolved against /a/start
-    assert len(https_server.gets(new_image.name)) == 1
+    assert redirector.auth == ["Basic " + base64.b64encode(b"node:s@cret").decode()] * 2
+    gets = https_server.gets(new_image.name)
+    assert len(gets) == 1 and "authorization" not in gets[0].headers
+    assert gets[0].headers["host"] == f"127.0.0.1:{https_server.port}"
 
 
 def test_redirect_from_https_to_http_is_refused(
