@@ -1,12 +1,19 @@
-"""Activities of the rollout itself (not of a node or of Kubernetes): what the worker's environment offers."""
+"""Activities of the rollout itself (not of a node or of Kubernetes): what the worker's environment offers, and
+following a node workflow that an earlier run of the rollout started."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from temporalio import activity
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
-from models.rollout import SEARCH_ATTRIBUTES, RolloutSettings
+from models.rollout import SEARCH_ATTRIBUTES, AwaitNodeUpgradeInput, NodeUpgradeResult, RolloutSettings
+
+#: Seconds between heartbeats while a node workflow runs (the workflow gives a heartbeat timeout of a minute).
+HEARTBEAT_EVERY = 15.0
 
 
 class RolloutActivities:
@@ -27,3 +34,26 @@ class RolloutActivities:
         return RolloutSettings(
             search_attributes=all(name in registered for name in SEARCH_ATTRIBUTES), web_ui=self._web_ui
         )
+
+    @activity.defn
+    async def await_node_upgrade(self, params: AwaitNodeUpgradeInput) -> NodeUpgradeResult:
+        """The result of a NodeUpgrade that a previous run of the rollout started and left running when it
+        continued as new. A workflow can only await its own children; this one's parent run has closed. A node
+        workflow that ended without a result (failed, terminated, timed out, cancelled) is a failed node."""
+        handle = self._client.get_workflow_handle(params.workflow_id, result_type=NodeUpgradeResult)
+        beating = asyncio.create_task(_heartbeat_forever())
+        try:
+            result: NodeUpgradeResult = await handle.result()
+            return result
+        except WorkflowFailureError as exc:
+            return NodeUpgradeResult(node=params.node, outcome="failed", message=f"node workflow ended: {exc.cause}")
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
+
+async def _heartbeat_forever() -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_EVERY)

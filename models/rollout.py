@@ -59,6 +59,14 @@ class NodeEntry(BaseModel):
     message: str = ""
 
 
+class CarriedNode(BaseModel):
+    """A node whose NodeUpgrade was still running when the rollout continued as new: the next run follows it."""
+
+    name: str
+    child_id: str
+    revert: bool = False
+
+
 class RolloutState(BaseModel):
     """Everything a rollout carries across continue-as-new."""
 
@@ -77,6 +85,7 @@ class RolloutState(BaseModel):
     acknowledged_failures: int = 0
     runs: int = 1
     search_attributes: bool = True
+    carried: list[CarriedNode] = Field(default_factory=list)
 
 
 class RolloutStatus(BaseModel):
@@ -117,6 +126,11 @@ class NodeUpgradeResult(BaseModel):
     from_version: str = ""
     version: str = Field(default="", description="the version the node runs at the end")
     booted_slot: str = ""
+
+
+class AwaitNodeUpgradeInput(BaseModel):
+    node: str
+    workflow_id: str = Field(description="the NodeUpgrade's workflow id")
 
 
 class SetMaxUnavailableInput(BaseModel):

@@ -52,14 +52,16 @@ def build_worker(
     activities: Sequence[Callable[..., Any]] | None = None,
 ) -> Worker:
     """The worker, ready to ``run()``; the executor runs the synchronous Kubernetes activities. ``activities``
-    replaces the Kubernetes ones (the in-memory fleet of tests and benchmarks brings its own)."""
+    replaces the Kubernetes ones and ``rollout_settings`` (the in-memory fleet of tests and benchmarks brings its
+    own); the rollout's ``await_node_upgrade`` is always there."""
+    rollout = RolloutActivities(client, web_ui)
     if activities is None:
-        activities = [*CLUSTER_ACTIVITIES, RolloutActivities(client, web_ui).rollout_settings]
+        activities = [*CLUSTER_ACTIVITIES, rollout.rollout_settings]
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=list(activities),
+        activities=[*activities, rollout.await_node_upgrade],
         activity_executor=executor,
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         max_cached_workflows=MAX_CACHED_WORKFLOWS,

@@ -6,8 +6,10 @@ of this history and shows every node in the Web UI.
 
 Steering: the ``pause`` / ``resume`` / ``rollback`` signals, the ``set_max_unavailable`` update and the ``status``
 query. Past the failure budget the rollout pauses (``failurepolicy: pause``) or rolls back the nodes it already
-upgraded (``failurepolicy: rollback``). It continues as new when Temporal suggests it, after letting the
-running children finish, so a rollout over 10,000 nodes keeps every history small.
+upgraded (``failurepolicy: rollback``). It continues as new when Temporal suggests it, so a rollout over 10,000
+nodes keeps every history small; the children running at that moment carry on (``ParentClosePolicy.ABANDON``) and
+the next run follows them (``await_node_upgrade``), so the window stays full across runs instead of emptying
+before each. Cancelling the rollout asks every running node to put its host back.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -31,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
         SA_PHASE,
         SA_TARGET_VERSION,
         TERMINAL_PHASES,
+        AwaitNodeUpgradeInput,
+        CarriedNode,
         NodeEntry,
         NodeMode,
         NodeState,
@@ -51,6 +55,11 @@ MAX_WINDOW = 1000
 #: Continue as new well before Temporal's 10,240-event warning even if the server never suggests it.
 HISTORY_EVENTS_LIMIT = 8000
 _PLAN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=30))
+#: A node workflow takes at most its stage (3 h), drain and two boot timeouts; following one may take as long.
+_FOLLOW_TIMEOUT = timedelta(hours=12)
+#: ``workflow.patched`` id. Runs begun before it waited for their children before continuing as new (and their
+#: children were cancelled with them by ParentClosePolicy.REQUEST_CANCEL); they replay that way.
+PATCH_CARRY_CHILDREN = "carry-children-across-continue-as-new"
 
 
 @workflow.defn(name=ROLLOUT_WORKFLOW)
@@ -69,6 +78,10 @@ class ClusterRollout:
                 state = RolloutState(workflow_id=workflow.info().workflow_id, spec=spec, max_unavailable=spec.window)
         self._state = state
         self._running: dict[str, asyncio.Task[None]] = {}
+        #: The NodeUpgrade workflow id of each running node (started by this run or carried from the last one).
+        self._child_ids: dict[str, tuple[str, bool]] = {}
+        #: Whether children outlive this run (see PATCH_CARRY_CHILDREN); set when the run starts.
+        self._carry = False
         #: Bumped whenever something the main loop waits on changes (a child ended, a signal arrived).
         self._changes = 0
         #: ``_changes`` when the current details were last set (-1: never).
@@ -145,14 +158,21 @@ class ClusterRollout:
             errors = self._invalid.errors
             raise ApplicationError(str(self._invalid), [str(e) for e in errors], type="InvalidSpec", non_retryable=True)
         state = self.state
-        if not state.planned:
-            await self._plan()
-        if state.rollback_requested:
-            await self._roll_back()
-        else:
-            await self._roll_out()
+        self._carry = workflow.patched(PATCH_CARRY_CHILDREN)
+        try:
+            if not state.planned:
+                await self._plan()
+            self._follow_carried()
             if state.rollback_requested:
                 await self._roll_back()
+            else:
+                await self._roll_out()
+                if state.rollback_requested:
+                    await self._roll_back()
+        except asyncio.CancelledError:
+            if self._carry:
+                await self._cancel_running()
+            raise
         self._finish()
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._publish_details()
@@ -184,7 +204,7 @@ class ClusterRollout:
 
     async def _roll_out(self) -> None:
         state = self.state
-        # Children never run across continue-as-new (see _continue_as_new), so the pending nodes are the work left.
+        # Nodes carried from the last run are running already: the pending ones are the work left.
         queue = [e for e in state.nodes if e.state == NodeState.PENDING]
         next_index = 0
         last_start: float | None = None
@@ -259,6 +279,7 @@ class ClusterRollout:
     async def _run_node(self, entry: NodeEntry, mode: NodeMode, target: str, revert: bool) -> None:
         state = self.state
         child_id = f"{state.workflow_id}/{entry.name}" + ("/revert" if revert else "")
+        self._child_ids[entry.name] = (child_id, revert)
         verb = "revert" if revert else ("upgrade" if mode == NodeMode.UPGRADE else "switch")
         try:
             result: NodeUpgradeResult = await workflow.execute_child_workflow(
@@ -266,8 +287,9 @@ class ClusterRollout:
                 NodeUpgradeInput(node=entry.name, mode=mode, spec=state.spec, target_version=target),
                 id=child_id,
                 result_type=NodeUpgradeResult,
-                # Cancelling the rollout asks each running node to put its host back, rather than killing it.
-                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+                # Children outlive a continue-as-new; cancelling the rollout cancels them (_cancel_running) so
+                # that each puts its host back rather than being killed.
+                parent_close_policy=ParentClosePolicy.ABANDON if self._carry else ParentClosePolicy.REQUEST_CANCEL,
                 static_summary=f"{verb} {entry.name} to {target}",
                 static_details=f"Part of rollout `{state.workflow_id}` ({state.spec.summary()}).",
             )
@@ -276,6 +298,38 @@ class ClusterRollout:
             outcome, message, ran = "failed", f"node workflow ended: {exc.cause or exc}", ""
         finally:
             self._running.pop(entry.name, None)
+        self._node_done(entry, outcome, message, ran, revert)
+
+    def _follow_carried(self) -> None:
+        """Follow the nodes the last run left running, as if this run had started them."""
+        state = self.state
+        entries = {e.name: e for e in state.nodes}
+        for carried in state.carried:
+            self._child_ids[carried.name] = (carried.child_id, carried.revert)
+            self._running[carried.name] = asyncio.create_task(self._follow(entries[carried.name], carried))
+        state.carried = []
+        if self._running:
+            self._changed()
+
+    async def _follow(self, entry: NodeEntry, carried: CarriedNode) -> None:
+        try:
+            result: NodeUpgradeResult = await workflow.execute_activity(
+                "await_node_upgrade",
+                AwaitNodeUpgradeInput(node=entry.name, workflow_id=carried.child_id),
+                result_type=NodeUpgradeResult,
+                start_to_close_timeout=_FOLLOW_TIMEOUT,
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=_PLAN_RETRY,
+                summary=f"follow {entry.name} (started by run {self.state.runs - 1})",
+            )
+            outcome, message, ran = result.outcome, result.message, result.from_version
+        except ActivityError as exc:
+            outcome, message, ran = "failed", f"could not follow the node workflow: {exc.cause or exc}", ""
+        finally:
+            self._running.pop(entry.name, None)
+        self._node_done(entry, outcome, message, ran, carried.revert)
+
+    def _node_done(self, entry: NodeEntry, outcome: str, message: str, ran: str, revert: bool) -> None:
         if outcome == "failed":
             entry.state = NodeState.FAILED
             entry.message = f"rollback failed: {message}" if revert else message
@@ -291,6 +345,18 @@ class ClusterRollout:
             # time may have been an uncommitted trial's.
             entry.from_version = ran
         self._changed()
+
+    async def _cancel_running(self) -> None:
+        """Ask every running node workflow to put its host back (they are not cancelled with this run: they
+        would outlive a continue-as-new)."""
+
+        async def cancel(node: str, child_id: str) -> None:
+            try:
+                await workflow.get_external_workflow_handle(child_id).cancel()
+            except Exception as exc:  # it ended meanwhile: nothing to put back
+                workflow.logger.info("node workflow of %s not cancelled: %s", node, exc)
+
+        await asyncio.gather(*(cancel(node, self._child_ids[node][0]) for node in list(self._running)))
 
     def _apply_failure_budget(self) -> None:
         state = self.state
@@ -370,9 +436,15 @@ class ClusterRollout:
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_EVENTS_LIMIT
 
     async def _continue_as_new(self) -> None:
-        """Let the running children finish, then start a fresh run carrying the state (never returns)."""
-        await self._wait_running()
+        """Start a fresh run carrying the state and the running nodes, which it follows (never returns)."""
+        if not self._carry:
+            await self._wait_running()
         await workflow.wait_condition(workflow.all_handlers_finished)
         state = self.state
+        state.carried = [
+            CarriedNode(name=node, child_id=child_id, revert=revert)
+            for node, (child_id, revert) in self._child_ids.items()
+            if node in self._running
+        ]
         state.runs += 1
         workflow.continue_as_new(args=[{}, state])

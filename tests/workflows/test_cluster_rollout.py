@@ -284,6 +284,69 @@ async def test_continue_as_new_keeps_histories_small() -> None:
         await env.shutdown()
 
 
+async def test_continue_as_new_does_not_wait_for_the_running_nodes() -> None:
+    """A slow node started in the first run is carried into the next ones and followed there, while the other
+    slot of the window keeps upgrading nodes: continue-as-new is no batch barrier."""
+    env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
+    try:
+        prefix = uuid.uuid4().hex[:6]
+        slow = FakeNode(f"n0-{prefix}", OLD, work_seconds=8.0)  # first in plan order; stage takes 8 s
+        others = [FakeNode(f"n{i}-{prefix}", OLD) for i in range(1, 6)]
+        nodes = FakeFleet([slow, *others])
+        async with nodes.workers(env.client):
+            result = await (await start(env.client, disk_spec(maxunavailable=2))).result()
+        assert result.phase == Phase.SUCCEEDED and result.counts == {NodeState.SUCCEEDED: 6}
+        assert result.runs > 1
+        assert all(n.reboots == 1 for n in nodes.nodes.values())
+        cordons = {(node, cordoned): at for node, cordoned, at in nodes.cordon_log}
+        # Every other node went through the second slot while the slow one was still staging (it cordons after).
+        assert all(cordons[(n.name, False)] < cordons[(slow.name, True)] for n in others)
+    finally:
+        await env.shutdown()
+
+
+async def test_a_carried_node_that_fails_is_reported_failed_by_the_next_run() -> None:
+    env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
+    try:
+        prefix = uuid.uuid4().hex[:6]
+        broken = FakeNode(f"n0-{prefix}", OLD, work_seconds=6.0, broken_versions={NEW})
+        nodes = FakeFleet([broken, *(FakeNode(f"n{i}-{prefix}", OLD) for i in range(1, 6))])
+        async with nodes.workers(env.client):
+            result = await (await start(env.client, disk_spec(maxunavailable=2, failurebudget=1))).result()
+        assert result.runs > 1
+        assert result.counts == {NodeState.SUCCEEDED: 5, NodeState.FAILED: 1}
+        assert "failed to boot" in result.failures[broken.name]
+        assert broken.booted == broken.saved == "A" and not broken.cordoned
+    finally:
+        await env.shutdown()
+
+
+async def test_cancelling_a_rollout_cancels_the_nodes_carried_across_continue_as_new() -> None:
+    env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
+    try:
+        prefix = uuid.uuid4().hex[:6]
+        # Stages for 4 s, then never comes back from its trial reboot: mid-gate when the rollout is cancelled.
+        stuck = FakeNode(f"n0-{prefix}", OLD, work_seconds=4.0, hangs=True)
+        nodes = FakeFleet([stuck, *(FakeNode(f"n{i}-{prefix}", OLD) for i in range(1, 6))])
+        async with nodes.workers(env.client):
+            handle = await start(env.client, disk_spec(maxunavailable=2, boottimeout=300))
+            await wait_for(handle, lambda s: s.runs > 1 and s.counts.get(NodeState.SUCCEEDED) == 5)
+            for _ in range(300):  # bounded: its reboot follows its stage within seconds
+                if stuck.reboots:
+                    break
+                await asyncio.sleep(0.1)
+            assert stuck.reboots == 1 and stuck.next_entry == "B"
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            child = env.client.get_workflow_handle(f"{handle.id}/{stuck.name}")
+            with pytest.raises(WorkflowFailureError):
+                await child.result()  # ends cancelled, after putting the host back
+        assert stuck.saved == "A" and stuck.next_entry is None and not stuck.cordoned
+    finally:
+        await env.shutdown()
+
+
 async def test_cancelling_a_rollout_puts_the_running_node_back(temporal_env: WorkflowEnvironment) -> None:
     nodes = fleet(1, hangs=True)  # the host never comes back from its trial reboot: the node is mid-gate
     node = next(iter(nodes.nodes.values()))

@@ -16,6 +16,7 @@ from temporalio.workflow import NondeterminismError
 
 from tests.workflows.record_histories import CLUSTER_ROLLOUT_FILE, NODE_UPGRADE_FILE
 from tests.workflows.replay import HISTORIES, load, replay
+from workflows.cluster_rollout import PATCH_CARRY_CHILDREN
 from workflows.node_upgrade import PATCH_LOCAL_CORDON
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
@@ -52,10 +53,12 @@ def _patches(history: WorkflowHistory) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("patch", [PATCH_LOCAL_CORDON])
-def test_each_patch_has_a_node_history_from_before_and_after(patch: str) -> None:
-    """Both branches of every ``workflow.patched`` in NodeUpgrade are replayed above: a run from before the
-    change (no marker) and one from after (the marker)."""
-    nodes = [load(p) for p in RECORDED if "__" in p.stem]
-    assert any(patch not in _patches(h) for h in nodes)
-    assert any(patch in _patches(h) for h in nodes)
+@pytest.mark.parametrize(
+    ("patch", "workflow"), [(PATCH_LOCAL_CORDON, "node"), (PATCH_CARRY_CHILDREN, "rollout")], ids=lambda v: str(v)
+)
+def test_each_patch_has_a_history_from_before_and_after(patch: str, workflow: str) -> None:
+    """Both branches of every ``workflow.patched`` are replayed above: a run from before the change (no marker)
+    and one from after (the marker). Node histories are the files named ``<rollout>__<node>``."""
+    histories = [load(p) for p in RECORDED if ("__" in p.stem) == (workflow == "node")]
+    assert any(patch not in _patches(h) for h in histories)
+    assert any(patch in _patches(h) for h in histories)
