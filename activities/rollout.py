@@ -9,6 +9,7 @@ import contextlib
 from temporalio import activity
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from models.rollout import SEARCH_ATTRIBUTES, AwaitNodeUpgradeInput, NodeUpgradeResult, RolloutSettings
 
@@ -47,6 +48,17 @@ class RolloutActivities:
             return result
         except WorkflowFailureError as exc:
             return NodeUpgradeResult(node=params.node, outcome="failed", message=f"node workflow ended: {exc.cause}")
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            if details is not None and details.not_found:
+                # The run that asked has continued as new in turn (its successor follows the node now) or ended:
+                # an expected end, not a failure worth a warning and a traceback in the worker's log.
+                raise ApplicationError(
+                    f"the rollout run following {params.node} has closed",
+                    non_retryable=True,
+                    category=ApplicationErrorCategory.BENIGN,
+                ) from None
+            raise
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -312,6 +312,9 @@ class ClusterRollout:
             self._changed()
 
     async def _follow(self, entry: NodeEntry, carried: CarriedNode) -> None:
+        """Await a carried node's result through the cluster worker. When this run continues as new in turn, the
+        activity ends at its next heartbeat (the next run follows the node afresh); a node that finishes before
+        that heartbeat makes the worker log "Activity not found on completion", which is harmless."""
         try:
             result: NodeUpgradeResult = await workflow.execute_activity(
                 "await_node_upgrade",
