@@ -122,7 +122,7 @@ class SlotWriter:
         self._stamps = stamps
         self._digests = (manifest_digest, index_digest)  # recorded in the stamp: see the module docstring
         self._hash = hashlib.sha256()
-        self.position = self._writeback_from = 0
+        self.position = 0
         self.touched = False
         self._fd = os.open(slot.path, os.O_WRONLY)
         self._writeback_from = 0  # position up to which writeback was started
