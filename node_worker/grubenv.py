@@ -1,6 +1,10 @@
 """The GRUB environment block, edited with the real ``grub-editenv`` (``grub2-editenv`` on some distributions).
 
 ``next_entry`` boots an entry once (our grub.cfg clears it as it boots); ``saved_entry`` is the default.
+
+Every change is made to a copy that then replaces the block in one ``rename``: ``grub-editenv`` itself truncates
+the file and writes it again, so a power cut (or a reader) in between would find no valid block, and GRUB would
+boot its first entry whatever ``saved_entry`` said.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ class GrubEnv:
         self.path = Path(path)
         self._configured = program
 
-    def _run(self, *args: str) -> str:
-        cmd = [find_editenv(self._configured), str(self.path), *args]
+    def _run(self, *args: str, path: Path | None = None) -> str:
+        cmd = [find_editenv(self._configured), str(path or self.path), *args]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -64,24 +68,38 @@ class GrubEnv:
             raise HostError(HostErrorType.HOST_MISCONFIGURED, f"the GRUB environment {self.path} is not writable")
 
     def set(self, **values: str) -> None:
-        self._run("set", *(f"{k}={v}" for k, v in values.items()))
-        self._sync()
+        self._edit("set", *(f"{k}={v}" for k, v in values.items()))
 
     def unset(self, *names: str) -> None:
-        self._run("unset", *names)
-        self._sync()
+        self._edit("unset", *names)
 
     def create(self) -> None:
-        self._run("create")
-        self._sync()
+        self._edit("create", fresh=True)
 
-    def _sync(self) -> None:
-        """The firmware reads this file after a power cut: get it to the disk now."""
-        fd = os.open(self.path, os.O_RDONLY)
+    def _edit(self, *args: str, fresh: bool = False) -> None:
+        """Run ``grub-editenv`` on a copy, get the copy to the disk, then put it in place atomically (see the
+        module docstring); the directory is synced too, so the rename itself survives a power cut."""
+        tmp = self.path.with_name(f".{self.path.name}.new")
+        tmp.unlink(missing_ok=True)
         try:
-            os.fsync(fd)
+            if not fresh and self.path.exists():  # grub-editenv starts a missing block afresh too
+                shutil.copy2(self.path, tmp)
+            self._run(*args, path=tmp)
+            _fsync(tmp)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise HostError(HostErrorType.HOST_MISCONFIGURED, f"cannot update {self.path}: {exc}") from exc
         finally:
-            os.close(fd)
+            tmp.unlink(missing_ok=True)
+        _fsync(self.path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def entry_slot(config: HostConfig, entry: str) -> SlotName | None:
