@@ -25,6 +25,7 @@ bench: deps
 	$(PY) -m bench.staging
 	$(PY) -m bench.rollout
 	$(PY) -m bench.makespan
+	$(PY) -m bench.makespan --suggest-continue-as-new 300
 
 # The fault and bad-input suite, counted (about 6 minutes): each scenario appends its result and the table in
 # docs/reliability.md is rendered from them, also after a failure, which then shows in the table.

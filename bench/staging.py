@@ -4,18 +4,21 @@
     fsync, verify the sha256), in a child process;
 (b) the limit: one shell pipeline, ``curl | tee >(HASHER) | dd conv=fsync``;
 (c) the original KubeOS way: ``curl -o FILE``, ``HASHER FILE``, ``dd if=FILE conv=fsync``, ``rm FILE``;
+    and the same with coreutils ``sha256sum``, the tool the benchmark's specification names;
 and, for reference only, the transfer alone (``curl -o /dev/null``): no single pass can beat it, so it shows how
 low ours/original can go on this machine.
 
-All fetch from the same server (the dev stack's image server, in this process); (a) to (c) write the same bytes
-at the same offset of the same disk image file. HASHER is the faster of coreutils ``sha256sum`` and ``openssl
-dgst`` on this machine, measured first: the reference methods get the best tool available. One untimed round
-first allocates the slot's blocks and warms the page cache, then each round runs every method in a rotated order,
-each after a ``sync``; the figures are medians. Peak RSS of our stage path is its process's ``VmHWM``, for the
-main size and for a larger image (4 GiB by default; its single run also allocates the slot, so its time is not
-comparable).
+All fetch from the same server, nginx by default (``--server devstack``: the dev stack's Python image server, in
+this process); (a) to (c) write the same bytes at the same offset of the same disk image file. HASHER is the
+faster of coreutils ``sha256sum`` and ``openssl dgst`` on this machine, measured first: the reference methods get
+the best tool available (Debian's coreutils hashes without the CPU's SHA instructions; the original KubeOS hashes
+in Go, which uses them). One untimed round first allocates the slot's blocks and warms the page cache, then each
+round runs every method in a rotated order, each after a ``sync``; the figures are medians. Peak RSS of our stage
+path is its process's ``VmHWM``, for the main size and for a larger image (4 GiB by default; its single run also
+allocates the slot, so its time is not comparable).
 
-    python -m bench.staging [--size-mib 1024] [--runs 5] [--rss-size-mib 4096] [--workdir DIR] [--keep]
+    python -m bench.staging [--size-mib 1024] [--runs 5] [--rss-size-mib 4096] [--server nginx|devstack]
+                            [--workdir DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.report import MIB, Target, print_machine, print_table, print_targets, tool_version
 from devstack.image_server import ImageServer
+from devstack.nginx import Nginx
 from devstack.pki import CertificateAuthority
 from node_worker.config import load_host_config
 from node_worker.sim import create_sim_host
@@ -135,6 +140,33 @@ class Run:
     peak_rss_mib: float = 0.0
 
 
+@dataclass(frozen=True)
+class Served:
+    """The image server under test, whichever it is: the directory it serves, its URLs, the CPU it has used."""
+
+    root: Path
+    url: Callable[[str], str]
+    cpu_seconds: Callable[[], float]
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextmanager
+def serve(kind: str, root: Path, ca: CertificateAuthority) -> Iterator[Served]:
+    """``root`` over HTTPS on 127.0.0.1 with a certificate of ``ca``: by nginx, or by the dev stack's server (in
+    this process, so its CPU time is this process's)."""
+    cert = ca.issue_server("image-server")
+    if kind == "nginx":
+        with Nginx(root.parent / f"{root.name}-nginx", root, cert.cert, cert.key) as nginx:
+            yield Served(root, nginx.url, nginx.cpu_seconds)
+    else:
+        with ImageServer(root, tls=(cert.cert, cert.key)) as server:
+            yield Served(root, server.url, _self_cpu)
+
+
 @dataclass
 class Bench:
     """One prepared set-up: the image, a simulated host whose slot B receives it, the server and the commands."""
@@ -147,9 +179,9 @@ class Bench:
     config_path: Path = field(init=False)
     slot: Slot = field(init=False)
     cacert: Path = field(init=False)
-    server: ImageServer = field(init=False)
+    server: Served = field(init=False)
 
-    def prepare(self, ca: CertificateAuthority, server: ImageServer) -> None:
+    def prepare(self, ca: CertificateAuthority, server: Served) -> None:
         images = self.workdir / "images"
         images.mkdir(parents=True, exist_ok=True)
         self.image = images / IMAGE_NAME
@@ -205,9 +237,9 @@ read -r sum _ < {sums}
     def transfer(self) -> Run:
         return self._shell("transfer", f"set -e\n{self._curl()} -o /dev/null\n")
 
-    def original(self) -> Run:
+    def original(self, hasher_cmd: Sequence[str] | None = None) -> Run:
         download = self.workdir / "download.img"
-        hasher = " ".join(self.hasher)
+        hasher = " ".join(hasher_cmd or self.hasher)
         script = f"""set -e -o pipefail
 {self._curl()} -o {download}
 read -r sum _ < <({hasher} {download})
@@ -245,12 +277,11 @@ class Series:
         return statistics.median(self.seconds)
 
 
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+SHA256SUM = ["sha256sum"]
 
 
 def measure(bench: Bench, hasher: str, runs: int) -> list[Series]:
+    """ours, limit, original, transfer and (when HASHER is not sha256sum) original with sha256sum, in that order."""
     series = [
         Series("ours", "HostAgent.stage: stream, sha256, pwrite into slot B, fsync, verify"),
         Series("limit", f"curl | tee >({hasher}) | dd conv=fsync"),
@@ -258,6 +289,9 @@ def measure(bench: Bench, hasher: str, runs: int) -> list[Series]:
         Series("transfer", "curl -o /dev/null (reference: the download alone)"),
     ]
     methods: list[Callable[[], Run]] = [bench.ours, bench.limit, bench.original, bench.transfer]
+    if bench.hasher != SHA256SUM:
+        series.append(Series("original, sha256sum", "as original, hashing with coreutils sha256sum"))
+        methods.append(lambda: bench.original(SHA256SUM))
     for method in methods:  # warm-up round, not counted: allocates the slot's blocks, warms the page cache
         os.sync()
         method()
@@ -265,13 +299,13 @@ def measure(bench: Bench, hasher: str, runs: int) -> list[Series]:
         order = [(run + i) % len(methods) for i in range(len(methods))]
         for index in order:
             os.sync()  # the previous method's dirty pages are not this one's bill
-            before = _self_cpu()
+            before = bench.server.cpu_seconds()
             result = methods[index]()
             s = series[index]
             s.seconds.append(result.seconds)
             s.process_walls.append(result.wall)
             s.cpu.append(result.cpu)
-            s.server_cpu.append(_self_cpu() - before)
+            s.server_cpu.append(bench.server.cpu_seconds() - before)
             s.rss_mib.append(result.peak_rss_mib)
         print(f"  round {run + 1}/{runs}: " + ", ".join(f"{s.name} {s.seconds[-1]:.2f}s" for s in series), flush=True)
     bench.check_slot()
@@ -291,7 +325,7 @@ def require_space(path: Path, needed: int, what: str) -> None:
         )
 
 
-def rss_only(workdir: Path, size: int, ca: CertificateAuthority, server: ImageServer) -> tuple[float, float]:
+def rss_only(workdir: Path, size: int, ca: CertificateAuthority, server: Served) -> tuple[float, float]:
     """Peak RSS (MiB) and stage seconds of our path for one image of ``size`` bytes."""
     bench = Bench(workdir, size, hasher=[])
     bench.prepare(ca, server)
@@ -306,12 +340,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rss-size-mib", type=int, default=4096, help="a second, larger image for peak RSS only (0: skip)"
     )
+    parser.add_argument(
+        "--server",
+        choices=("nginx", "devstack"),
+        default="nginx",
+        help="what serves the image: nginx (default), or the dev stack's Python image server",
+    )
     parser.add_argument("--workdir", type=Path, help="where images and the simulated host go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.runs < 1 or args.rss_size_mib < 0:
         parser.error("--size-mib and --runs must be at least 1, --rss-size-mib at least 0")
-    for tool in ("curl", "dd", "tee", "bash", "mkfs.ext4", "sfdisk", "grub-editenv"):
+    for tool in (
+        "curl",
+        "dd",
+        "tee",
+        "bash",
+        "mkfs.ext4",
+        "sfdisk",
+        "grub-editenv",
+        *(["nginx"] * (args.server == "nginx")),
+    ):
         if shutil.which(tool) is None:
             raise BenchError(f"{tool} is not installed (make deps installs the Debian packages)")
 
@@ -323,15 +372,16 @@ def main(argv: list[str] | None = None) -> int:
             [
                 ("disk", f"{workdir} ({_filesystem(workdir)}), {free_bytes(workdir) / (1024 * MIB):.0f} GiB free"),
                 ("curl", tool_version(["curl", "--version"])),
+                ("image server", _server_version(args.server)),
                 ("openssl", tool_version(["openssl", "version"])),
                 ("coreutils", tool_version(["sha256sum", "--version"])),
             ],
         )
         require_space(workdir, 3 * size + 64 * MIB, f"a {args.size_mib} MiB image")
         ca = CertificateAuthority(workdir / "pki", "bench-ca")
-        cert = ca.issue_server("image-server")
-        with ImageServer(workdir, tls=(cert.cert, cert.key)) as server:
-            main_dir = workdir / "main"
+        (workdir / "served").mkdir()
+        with serve(args.server, workdir / "served", ca) as server:
+            main_dir = workdir / "served" / "main"
             bench = Bench(main_dir, size, hasher=[])
             bench.prepare(ca, server)
             hasher, bench.hasher, hasher_rows = choose_hasher(bench.image)
@@ -344,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             rss = [(args.size_mib, max(series[0].rss_mib), series[0].median)]
             if args.rss_size_mib:
                 require_space(workdir, 2 * args.rss_size_mib * MIB + 64 * MIB, f"a {args.rss_size_mib} MiB image")
-                peak, seconds = rss_only(workdir / "rss", args.rss_size_mib * MIB, ca, server)
+                peak, seconds = rss_only(workdir / "served" / "rss", args.rss_size_mib * MIB, ca, server)
                 rss.append((args.rss_size_mib, peak, seconds))
         report(series, rss, size)
     finally:
@@ -355,13 +405,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _server_version(kind: str) -> str:
+    if kind == "nginx":
+        # nginx prints its version on stderr
+        out = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+        return (out.stderr or out.stdout).strip() + ", 1 worker process, in its own processes"
+    return f"the dev stack's image server (Python {sys.version.split()[0]}), in this process"
+
+
 def _filesystem(path: Path) -> str:
     out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True, check=False).stdout.splitlines()
     return out[-1].split()[1] if len(out) > 1 else "unknown"
 
 
 def report(series: list[Series], rss: list[tuple[int, float, float]], size: int) -> None:
-    ours, limit, original, transfer = series
+    ours, limit, original, transfer = series[:4]
     rows = [
         (
             s.name,
@@ -379,11 +437,12 @@ def report(series: list[Series], rss: list[tuple[int, float, float]], size: int)
     print(
         "\n`ours` is the stage call inside its process (median process wall time, interpreter start included: "
         f"{statistics.median(ours.process_walls):.2f} s); `cpu s` is the CPU time of the method's processes (ours: "
-        "of the stage call), `server cpu s` the image server's (this process)."
+        "of the stage call), `server cpu s` the image server's."
     )
     ratios = [
         ("ours / limit", f"{ours.median / limit.median:.2f}"),
         ("ours / original", f"{ours.median / original.median:.2f}"),
+        *((f"ours / {s.name}", f"{ours.median / s.median:.2f}") for s in series[4:]),
         ("transfer / original (no single pass goes below)", f"{transfer.median / original.median:.2f}"),
     ]
     print_table("Ratios (medians)", ("ratio", "value"), ratios)
@@ -395,6 +454,7 @@ def report(series: list[Series], rss: list[tuple[int, float, float]], size: int)
     targets = [
         Target("ours / limit", ours.median / limit.median, TARGET_LIMIT_RATIO),
         Target("ours / original", ours.median / original.median, TARGET_ORIGINAL_RATIO),
+        *(Target(f"ours / {s.name}", ours.median / s.median, TARGET_ORIGINAL_RATIO) for s in series[4:]),
         *(Target(f"peak RSS, {mib} MiB image", peak, TARGET_RSS_MIB, " MiB") for mib, peak, _ in rss),
     ]
     print_targets(targets)

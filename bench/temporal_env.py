@@ -24,6 +24,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
 from devstack.fake_fleet import FakeFleet, FakeNode
+from devstack.procstat import child_pids, process_cpu
 from models.rollout import CLUSTER_TASK_QUEUE, ROLLOUT_WORKFLOW, SEARCH_ATTRIBUTES, RolloutStatus
 from workers.temporal_client import data_converter
 
@@ -102,31 +103,8 @@ def fleet(nodes: int, durations: list[float] | None = None, step: float = 0.0) -
 
 def server_pid() -> int | None:
     """The dev server is this process's child: its CPU time tells the server's share of the cost."""
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == me and name == "temporal":
-            return int(entry.name)
-    return None
-
-
-def process_cpu(pid: int | None) -> float:
-    """User + system CPU seconds of ``pid`` (0 when it cannot be read)."""
-    if pid is None:
-        return 0.0
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    pids = child_pids(os.getpid(), "temporal")
+    return pids[0] if pids else None
 
 
 @dataclass

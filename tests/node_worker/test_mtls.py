@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack.nginx import Nginx
 from models.host import HostErrorType
 from node_worker.errors import HostError
 from tests.node_worker.conftest import CLIENT_CERT, CLIENT_KEY, NEW, Image, Pki, SimHost, disk_source
-from tests.support.nginx import Nginx
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from devstack.image_server import Fault, ImageServer
+from devstack.nginx import Nginx
 from devstack.pki import CertificateAuthority
 from devstack.stack import CA_FILE_NAME, IMAGE_VERSIONS
 from node_worker.slots import resolve_slot
@@ -25,7 +26,6 @@ from tests.e2e.cluster import Image
 from tests.e2e.conftest import SLOT_SIZE
 from tests.reliability.harness import GROUPS, MIB, SUITE_CA, Chaos, node_message
 from tests.reliability.results import trial
-from tests.support.nginx import Nginx
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 

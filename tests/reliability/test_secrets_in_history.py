@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from devstack.nginx import Nginx
 from tests.reliability.harness import GROUPS, SUITE_CA, Chaos
 from tests.reliability.results import trial
-from tests.support.nginx import Nginx
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 

@@ -1,6 +1,8 @@
-"""Debian's nginx, run unprivileged-style for a test: its own prefix and config, 127.0.0.1 on a free port.
+"""Debian's nginx with its own prefix and config, on 127.0.0.1 and a free port, serving a directory over TLS.
 
-``ssl_verify_client on`` gives real mutual TLS: a client without a certificate signed by ``client_ca`` gets 400.
+The tests use it where a server other than our own must be the judge (``ssl_verify_client on`` gives real mutual
+TLS: a client without a certificate signed by ``client_ca`` gets 400); the staging benchmark serves its image
+with it, as an image repository would, so that the server's cost is that of a production server.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from devstack.net import free_port
+from devstack.procstat import child_pids, process_cpu
 
 
 class Nginx:
@@ -57,6 +60,12 @@ http {{
 
     def url(self, name: str) -> str:
         return f"https://127.0.0.1:{self.port}/{name}"
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the master and its worker process."""
+        if self._proc is None:
+            return 0.0
+        return sum(process_cpu(pid) for pid in (self._proc.pid, *child_pids(self._proc.pid)))
 
     def __enter__(self) -> Nginx:
         cmd = ["nginx", "-p", str(self.prefix), "-c", str(self.conf), "-e", str(self.prefix / "error.log")]
