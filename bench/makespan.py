@@ -28,7 +28,6 @@ import asyncio
 import heapq
 import random
 import statistics
-import sys
 from dataclasses import dataclass
 
 from temporalio.client import Client
@@ -44,6 +43,7 @@ from bench.temporal_env import (
     start_dev_server,
 )
 from models.rollout import NodeState, Phase
+from workers.cli import exit_process
 
 
 def durations(nodes: int, sigma: float, seed: int) -> list[float]:
@@ -196,4 +196,4 @@ def report(times: list[float], window: int, measured: Measured) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # not sys.exit: see workers.cli.exit_process

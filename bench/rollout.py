@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 import uuid
 from collections import Counter
@@ -61,6 +60,7 @@ from bench.temporal_env import (
     start_dev_server,
 )
 from models.rollout import NodeState, Phase
+from workers.cli import exit_process
 
 TARGET_FLOOR_RATIO = 2.0
 OURS, PER_NODE, FLAT = "ours", "per-node no-op", "flat floor"
@@ -326,4 +326,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # not sys.exit: see workers.cli.exit_process
