@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from devstack.net import ServerThread
+
 _RANGE_RE = re.compile(r"^bytes=(\d+)-$")
 #: A stalled transfer goes on after this long even if nobody releases it (tests never hang on a forgotten hold).
 _HOLD_LIMIT_SECONDS = 300.0
@@ -154,7 +156,7 @@ class ImageServer:
                 ctx.load_verify_locations(str(client_ca))
             self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
             self.scheme = "https"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = ServerThread(self._server)
 
     @property
     def port(self) -> int:
@@ -175,9 +177,7 @@ class ImageServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._thread.stop()
 
     def __enter__(self) -> ImageServer:
         return self.start()

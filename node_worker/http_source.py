@@ -208,6 +208,7 @@ def _receive(
     """Read the body into the pipeline's buffers until its end. A buffer the connection broke in is dropped (its
     bytes come again with the next request, so a resume starts at a whole buffer) and :class:`_Interrupted`
     raised."""
+    reported = pipeline.writer.position
     while True:
         buf = pipeline.take()
         view = memoryview(buf)
@@ -227,7 +228,11 @@ def _receive(
             pipeline.release(buf)
             return
         pipeline.submit(buf, filled)
-        report(pipeline.writer.position, total)
+        # Only progress the disk has seen: the writer runs up to a few buffers behind, and the first heartbeat
+        # (the one Temporal keeps at once; later ones are throttled) must carry where a retry can resume.
+        if pipeline.writer.position > reported:
+            reported = pipeline.writer.position
+            report(reported, total)
         if filled < len(buf):
             return
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -281,24 +282,18 @@ class ClusterRollout:
         child_id = f"{state.workflow_id}/{entry.name}" + ("/revert" if revert else "")
         self._child_ids[entry.name] = (child_id, revert)
         verb = "revert" if revert else ("upgrade" if mode == NodeMode.UPGRADE else "switch")
-        try:
-            result: NodeUpgradeResult = await workflow.execute_child_workflow(
-                NODE_WORKFLOW,
-                NodeUpgradeInput(node=entry.name, mode=mode, spec=state.spec, target_version=target),
-                id=child_id,
-                result_type=NodeUpgradeResult,
-                # Children outlive a continue-as-new; cancelling the rollout cancels them (_cancel_running) so
-                # that each puts its host back rather than being killed.
-                parent_close_policy=ParentClosePolicy.ABANDON if self._carry else ParentClosePolicy.REQUEST_CANCEL,
-                static_summary=f"{verb} {entry.name} to {target}",
-                static_details=f"Part of rollout `{state.workflow_id}` ({state.spec.summary()}).",
-            )
-            outcome, message, ran = result.outcome, result.message, result.from_version
-        except ChildWorkflowError as exc:
-            outcome, message, ran = "failed", f"node workflow ended: {exc.cause or exc}", ""
-        finally:
-            self._running.pop(entry.name, None)
-        self._node_done(entry, outcome, message, ran, revert)
+        child = workflow.execute_child_workflow(
+            NODE_WORKFLOW,
+            NodeUpgradeInput(node=entry.name, mode=mode, spec=state.spec, target_version=target),
+            id=child_id,
+            result_type=NodeUpgradeResult,
+            # Children outlive a continue-as-new; cancelling the rollout cancels them (_cancel_running) so
+            # that each puts its host back rather than being killed.
+            parent_close_policy=ParentClosePolicy.ABANDON if self._carry else ParentClosePolicy.REQUEST_CANCEL,
+            static_summary=f"{verb} {entry.name} to {target}",
+            static_details=f"Part of rollout `{state.workflow_id}` ({state.spec.summary()}).",
+        )
+        await self._node_result(entry, revert, child, "node workflow ended")
 
     def _follow_carried(self) -> None:
         """Follow the nodes the last run left running, as if this run had started them."""
@@ -315,22 +310,30 @@ class ClusterRollout:
         """Await a carried node's result through the cluster worker. When this run continues as new in turn, the
         activity ends at its next heartbeat (the next run follows the node afresh); a node that finishes before
         that heartbeat makes the worker log "Activity not found on completion", which is harmless."""
+        follow = workflow.execute_activity(
+            "await_node_upgrade",
+            AwaitNodeUpgradeInput(node=entry.name, workflow_id=carried.child_id),
+            result_type=NodeUpgradeResult,
+            start_to_close_timeout=_FOLLOW_TIMEOUT,
+            heartbeat_timeout=timedelta(minutes=1),
+            retry_policy=_PLAN_RETRY,
+            summary=f"follow {entry.name} (started by run {self.state.runs - 1})",
+        )
+        await self._node_result(entry, carried.revert, follow, "could not follow the node workflow")
+
+    async def _node_result(
+        self, entry: NodeEntry, revert: bool, result: Awaitable[NodeUpgradeResult], unreachable: str
+    ) -> None:
+        """Await a running node's result (its child workflow, or the activity following it) and record it; a
+        node whose workflow ended without a result is a failed node, ``unreachable`` and the cause its reason."""
         try:
-            result: NodeUpgradeResult = await workflow.execute_activity(
-                "await_node_upgrade",
-                AwaitNodeUpgradeInput(node=entry.name, workflow_id=carried.child_id),
-                result_type=NodeUpgradeResult,
-                start_to_close_timeout=_FOLLOW_TIMEOUT,
-                heartbeat_timeout=timedelta(minutes=1),
-                retry_policy=_PLAN_RETRY,
-                summary=f"follow {entry.name} (started by run {self.state.runs - 1})",
-            )
-            outcome, message, ran = result.outcome, result.message, result.from_version
-        except ActivityError as exc:
-            outcome, message, ran = "failed", f"could not follow the node workflow: {exc.cause or exc}", ""
+            done = await result
+            outcome, message, ran = done.outcome, done.message, done.from_version
+        except (ChildWorkflowError, ActivityError) as exc:
+            outcome, message, ran = "failed", f"{unreachable}: {exc.cause or exc}", ""
         finally:
             self._running.pop(entry.name, None)
-        self._node_done(entry, outcome, message, ran, carried.revert)
+        self._node_done(entry, outcome, message, ran, revert)
 
     def _node_done(self, entry: NodeEntry, outcome: str, message: str, ran: str, revert: bool) -> None:
         if outcome == "failed":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import signal
 import subprocess
@@ -159,3 +161,20 @@ def disk_source(url: str, image: Image, **overrides: object) -> ImageSource:
     }
     fields.update(overrides)
     return ImageSource.model_validate(fields)
+
+
+def fail_pwrite(monkeypatch: pytest.MonkeyPatch, on_call: int) -> None:
+    """The slot writer's ``on_call``-th ``os.pwrite`` fails with EIO, as a failing disk would; the others write."""
+    from node_worker import writer
+
+    calls = 0
+    real_pwrite = os.pwrite
+
+    def failing_pwrite(fd: int, data: memoryview | bytes, offset: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == on_call:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(writer.os, "pwrite", failing_pwrite)

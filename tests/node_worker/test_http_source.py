@@ -7,7 +7,6 @@ import base64
 import errno
 import gzip
 import http.server
-import os
 import select
 import shutil
 import socket
@@ -21,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from devstack.image_server import Fault, ImageServer
+from devstack.net import serving
 from models.host import HostErrorType
-from node_worker import writer as writer_module
 from node_worker.errors import HostError
 from node_worker.http_source import MAX_REDIRECTS
 from node_worker.osrelease import OsReleaseUnreadable, read_slot_os_release
-from tests.node_worker.conftest import Image, Pki, SimHost, disk_source
+from tests.node_worker.conftest import Image, Pki, SimHost, disk_source, fail_pwrite
 
 MIB = 1024 * 1024
 
@@ -77,14 +76,8 @@ def redirector(pki: Pki) -> Iterator[_RedirectServer]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(pki.server.cert), str(pki.server.key))
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def _base(server: _RedirectServer) -> str:
@@ -177,14 +170,8 @@ class _ConnectHandler(socketserver.StreamRequestHandler):
 @pytest.fixture
 def connect_proxy() -> Iterator[_ConnectProxy]:
     proxy = _ConnectProxy()
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(proxy):
         yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join(10)
 
 
 @pytest.mark.parametrize("bypass", [False, True])
@@ -242,16 +229,7 @@ def test_a_failing_disk_write_is_not_taken_for_a_network_problem(
     host: SimHost, https_server: ImageServer, new_image: Image, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """EIO from pwrite on the writing thread reaches the caller as it is: no retried request, no thread left."""
-    calls = {"n": 0}
-    real_pwrite = os.pwrite
-
-    def failing_pwrite(fd: int, data: memoryview | bytes, offset: int) -> int:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.EIO, "Input/output error")
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(writer_module.os, "pwrite", failing_pwrite)
+    fail_pwrite(monkeypatch, on_call=3)
     with pytest.raises(OSError) as err:
         host.agent.stage(disk_source(https_server.url(new_image.name), new_image))
     assert err.value.errno == errno.EIO

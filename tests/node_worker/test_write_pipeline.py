@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
 import threading
 from collections.abc import Iterator
 
@@ -15,7 +14,7 @@ from node_worker import writer as writer_module
 from node_worker.errors import HostError
 from node_worker.slots import CHUNK
 from node_worker.writer import PIPELINE_BUFFERS, SlotWriter, WritePipeline, write_stream
-from tests.node_worker.conftest import SLOT_SIZE, SimHost
+from tests.node_worker.conftest import SLOT_SIZE, SimHost, fail_pwrite
 
 MIB = 1024 * 1024
 
@@ -98,16 +97,7 @@ def test_a_failing_pwrite_stops_write_stream_and_invalidates_the_slot(
     host: SimHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slot = host.agent.slot("B")
-    calls = {"n": 0}
-    real_pwrite = os.pwrite
-
-    def failing_pwrite(fd: int, data: memoryview | bytes, offset: int) -> int:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.EIO, "Input/output error")
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(writer_module.os, "pwrite", failing_pwrite)
+    fail_pwrite(monkeypatch, on_call=3)
     produced = {"n": 0}
 
     def chunks() -> Iterator[bytes]:

@@ -66,6 +66,21 @@ async def wait_for(handle: WorkflowHandle[Any, RolloutStatus], predicate: Any, l
         await asyncio.sleep(0.1)
 
 
+async def cancel_mid_gate(client: Client, handle: WorkflowHandle[Any, RolloutStatus], node: FakeNode) -> None:
+    """Once ``node`` has rebooted into its trial (a host that hangs there: mid health gate), cancel the rollout;
+    both it and the node's workflow must end cancelled, the latter after putting the host back."""
+    for _ in range(300):  # bounded: the reboot follows the stage within seconds
+        if node.reboots:
+            break
+        await asyncio.sleep(0.1)
+    assert node.reboots == 1 and node.next_entry == "B"
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    with pytest.raises(WorkflowFailureError):
+        await client.get_workflow_handle(f"{handle.id}/{node.name}").result()
+
+
 async def test_upgrades_every_node_with_at_most_maxunavailable_cordoned(temporal_env: WorkflowEnvironment) -> None:
     nodes = fleet(5)
     async with nodes.workers(temporal_env.client):
@@ -331,17 +346,7 @@ async def test_cancelling_a_rollout_cancels_the_nodes_carried_across_continue_as
         async with nodes.workers(env.client):
             handle = await start(env.client, disk_spec(maxunavailable=2, boottimeout=300))
             await wait_for(handle, lambda s: s.runs > 1 and s.counts.get(NodeState.SUCCEEDED) == 5)
-            for _ in range(300):  # bounded: its reboot follows its stage within seconds
-                if stuck.reboots:
-                    break
-                await asyncio.sleep(0.1)
-            assert stuck.reboots == 1 and stuck.next_entry == "B"
-            await handle.cancel()
-            with pytest.raises(WorkflowFailureError):
-                await handle.result()
-            child = env.client.get_workflow_handle(f"{handle.id}/{stuck.name}")
-            with pytest.raises(WorkflowFailureError):
-                await child.result()  # ends cancelled, after putting the host back
+            await cancel_mid_gate(env.client, handle, stuck)
         assert stuck.saved == "A" and stuck.next_entry is None and not stuck.cordoned
     finally:
         await env.shutdown()
@@ -352,17 +357,7 @@ async def test_cancelling_a_rollout_puts_the_running_node_back(temporal_env: Wor
     node = next(iter(nodes.nodes.values()))
     async with nodes.workers(temporal_env.client):
         handle = await start(temporal_env.client, disk_spec(boottimeout=300))
-        for _ in range(300):  # bounded: the reboot happens within a few seconds
-            if node.reboots:
-                break
-            await asyncio.sleep(0.1)
-        assert node.reboots == 1 and node.next_entry == "B"
-        await handle.cancel()
-        with pytest.raises(WorkflowFailureError):
-            await handle.result()
-        child = temporal_env.client.get_workflow_handle(f"{handle.id}/{node.name}")
-        with pytest.raises(WorkflowFailureError):
-            await child.result()  # ends cancelled, after putting the host back
+        await cancel_mid_gate(temporal_env.client, handle, node)
     assert node.saved == "A" and node.next_entry is None and not node.cordoned
 
 
