@@ -202,6 +202,12 @@ class NodeUpgrade:
         )
         return result
 
+    async def _reboot(self, reason: str, summary: str) -> HostRebootOutput:
+        """Ask the host to reboot, once: a second attempt could reboot a host that already came back."""
+        return await self._host(
+            "host_reboot", HostRebootInput(reason=reason), HostRebootOutput, summary=summary, retry=_ONCE
+        )
+
     async def _set_cordon(self, cordoned: bool) -> None:
         """Cordon or uncordon the node: one short Kubernetes call, run as a local activity on this (the cluster)
         worker, which has the Kubernetes activities. It needs no task of its own on the queue and no workflow task
@@ -368,13 +374,7 @@ class NodeUpgrade:
                 HostTrialBootOutput,
                 summary=f"trial boot slot {target_slot}",
             )
-            reboot = await self._host(
-                "host_reboot",
-                HostRebootInput(reason=f"trial boot of {inp.target_version} in slot {target_slot}"),
-                HostRebootOutput,
-                summary="reboot",
-                retry=_ONCE,
-            )
+            reboot = await self._reboot(f"trial boot of {inp.target_version} in slot {target_slot}", "reboot")
         except ActivityError as exc:
             await self._restore(old_slot, reboot_if_needed=False)
             raise NodeFailed(f"boot switch: {_reason(exc)}; the node stays on slot {old_slot}") from exc
@@ -481,13 +481,7 @@ class NodeUpgrade:
             summary=f"switch back to slot {slot}",
         )
         if back.reboot_needed and reboot_if_needed:
-            reboot = await self._host(
-                "host_reboot",
-                HostRebootInput(reason=f"return to slot {slot}"),
-                HostRebootOutput,
-                summary="reboot into the old slot",
-                retry=_ONCE,
-            )
+            reboot = await self._reboot(f"return to slot {slot}", "reboot into the old slot")
             await self._host(
                 "host_await_reboot",
                 HostAwaitRebootInput(previous_boot_id=reboot.boot_id),

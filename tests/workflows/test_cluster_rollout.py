@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -285,71 +286,75 @@ async def test_bare_spec_input_is_accepted(temporal_env: WorkflowEnvironment) ->
     assert result.phase == Phase.SUCCEEDED
 
 
-async def test_continue_as_new_keeps_histories_small() -> None:
+@pytest.fixture
+async def short_history_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server that suggests continue-as-new after 40 events, so that a few nodes make a rollout continue."""
     env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
     try:
-        nodes = fleet(8)
-        async with nodes.workers(env.client):
-            handle = await start(env.client, disk_spec(maxunavailable=2))
-            result = await handle.result()
-        assert result.phase == Phase.SUCCEEDED and result.counts == {NodeState.SUCCEEDED: 8}
-        assert result.runs > 1
-        assert nodes.max_cordoned_at_once() <= 2
+        yield env
     finally:
         await env.shutdown()
 
 
-async def test_continue_as_new_does_not_wait_for_the_running_nodes() -> None:
+def fleet_led_by(first: Any, others: int = 5) -> tuple[FakeFleet, FakeNode, list[FakeNode]]:
+    """A fleet whose first node in plan order is ``FakeNode(name, OLD, **first)``, followed by ``others`` plain
+    ones: (fleet, first node, the others)."""
+    prefix = uuid.uuid4().hex[:6]
+    lead = FakeNode(f"n0-{prefix}", OLD, **first)
+    rest = [FakeNode(f"n{i}-{prefix}", OLD) for i in range(1, others + 1)]
+    return FakeFleet([lead, *rest]), lead, rest
+
+
+async def test_continue_as_new_keeps_histories_small(short_history_env: WorkflowEnvironment) -> None:
+    env = short_history_env
+    nodes = fleet(8)
+    async with nodes.workers(env.client):
+        handle = await start(env.client, disk_spec(maxunavailable=2))
+        result = await handle.result()
+    assert result.phase == Phase.SUCCEEDED and result.counts == {NodeState.SUCCEEDED: 8}
+    assert result.runs > 1
+    assert nodes.max_cordoned_at_once() <= 2
+
+
+async def test_continue_as_new_does_not_wait_for_the_running_nodes(short_history_env: WorkflowEnvironment) -> None:
     """A slow node started in the first run is carried into the next ones and followed there, while the other
     slot of the window keeps upgrading nodes: continue-as-new is no batch barrier."""
-    env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
-    try:
-        prefix = uuid.uuid4().hex[:6]
-        slow = FakeNode(f"n0-{prefix}", OLD, work_seconds=8.0)  # first in plan order; stage takes 8 s
-        others = [FakeNode(f"n{i}-{prefix}", OLD) for i in range(1, 6)]
-        nodes = FakeFleet([slow, *others])
-        async with nodes.workers(env.client):
-            result = await (await start(env.client, disk_spec(maxunavailable=2))).result()
-        assert result.phase == Phase.SUCCEEDED and result.counts == {NodeState.SUCCEEDED: 6}
-        assert result.runs > 1
-        assert all(n.reboots == 1 for n in nodes.nodes.values())
-        cordons = {(node, cordoned): at for node, cordoned, at in nodes.cordon_log}
-        # Every other node went through the second slot while the slow one was still staging (it cordons after).
-        assert all(cordons[(n.name, False)] < cordons[(slow.name, True)] for n in others)
-    finally:
-        await env.shutdown()
+    env = short_history_env
+    nodes, slow, others = fleet_led_by({"work_seconds": 8.0})  # first in plan order; its stage takes 8 s
+    async with nodes.workers(env.client):
+        result = await (await start(env.client, disk_spec(maxunavailable=2))).result()
+    assert result.phase == Phase.SUCCEEDED and result.counts == {NodeState.SUCCEEDED: 6}
+    assert result.runs > 1
+    assert all(n.reboots == 1 for n in nodes.nodes.values())
+    cordons = {(node, cordoned): at for node, cordoned, at in nodes.cordon_log}
+    # Every other node went through the second slot while the slow one was still staging (it cordons after).
+    assert all(cordons[(n.name, False)] < cordons[(slow.name, True)] for n in others)
 
 
-async def test_a_carried_node_that_fails_is_reported_failed_by_the_next_run() -> None:
-    env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
-    try:
-        prefix = uuid.uuid4().hex[:6]
-        broken = FakeNode(f"n0-{prefix}", OLD, work_seconds=6.0, broken_versions={NEW})
-        nodes = FakeFleet([broken, *(FakeNode(f"n{i}-{prefix}", OLD) for i in range(1, 6))])
-        async with nodes.workers(env.client):
-            result = await (await start(env.client, disk_spec(maxunavailable=2, failurebudget=1))).result()
-        assert result.runs > 1
-        assert result.counts == {NodeState.SUCCEEDED: 5, NodeState.FAILED: 1}
-        assert "failed to boot" in result.failures[broken.name]
-        assert broken.booted == broken.saved == "A" and not broken.cordoned
-    finally:
-        await env.shutdown()
+async def test_a_carried_node_that_fails_is_reported_failed_by_the_next_run(
+    short_history_env: WorkflowEnvironment,
+) -> None:
+    env = short_history_env
+    nodes, broken, _ = fleet_led_by({"work_seconds": 6.0, "broken_versions": {NEW}})
+    async with nodes.workers(env.client):
+        result = await (await start(env.client, disk_spec(maxunavailable=2, failurebudget=1))).result()
+    assert result.runs > 1
+    assert result.counts == {NodeState.SUCCEEDED: 5, NodeState.FAILED: 1}
+    assert "failed to boot" in result.failures[broken.name]
+    assert broken.booted == broken.saved == "A" and not broken.cordoned
 
 
-async def test_cancelling_a_rollout_cancels_the_nodes_carried_across_continue_as_new() -> None:
-    env = await start_dev_server("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
-    try:
-        prefix = uuid.uuid4().hex[:6]
-        # Stages for 4 s, then never comes back from its trial reboot: mid-gate when the rollout is cancelled.
-        stuck = FakeNode(f"n0-{prefix}", OLD, work_seconds=4.0, hangs=True)
-        nodes = FakeFleet([stuck, *(FakeNode(f"n{i}-{prefix}", OLD) for i in range(1, 6))])
-        async with nodes.workers(env.client):
-            handle = await start(env.client, disk_spec(maxunavailable=2, boottimeout=300))
-            await wait_for(handle, lambda s: s.runs > 1 and s.counts.get(NodeState.SUCCEEDED) == 5)
-            await cancel_mid_gate(env.client, handle, stuck)
-        assert stuck.saved == "A" and stuck.next_entry is None and not stuck.cordoned
-    finally:
-        await env.shutdown()
+async def test_cancelling_a_rollout_cancels_the_nodes_carried_across_continue_as_new(
+    short_history_env: WorkflowEnvironment,
+) -> None:
+    env = short_history_env
+    # Stages for 4 s, then never comes back from its trial reboot: mid-gate when the rollout is cancelled.
+    nodes, stuck, _ = fleet_led_by({"work_seconds": 4.0, "hangs": True})
+    async with nodes.workers(env.client):
+        handle = await start(env.client, disk_spec(maxunavailable=2, boottimeout=300))
+        await wait_for(handle, lambda s: s.runs > 1 and s.counts.get(NodeState.SUCCEEDED) == 5)
+        await cancel_mid_gate(env.client, handle, stuck)
+    assert stuck.saved == "A" and stuck.next_entry is None and not stuck.cordoned
 
 
 async def test_cancelling_a_rollout_puts_the_running_node_back(temporal_env: WorkflowEnvironment) -> None:
